@@ -1,0 +1,149 @@
+"""Tensor importance: how much the training loss would drop if a tensor were updated.
+
+The default `taylor` metric is the first-order Taylor estimate of the loss change caused by the update the optimizer
+would apply, `I[k] = -sum(grad_k * delta_w_k)` (GREENTRAINER.md section 2). The update is computed from the
+optimizer's formulas and its current state, so nothing is stepped and nothing needs restoring: weights, `.grad`,
+`requires_grad` flags, the optimizer's state and the global RNG are exactly as before the call.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+
+from .flops import model_loss
+from .profile import TensorProfile, profile_model
+
+__all__ = ["IMPORTANCE_METRICS", "tensor_importance"]
+
+IMPORTANCE_METRICS = ("taylor", "grad_l1", "fisher", "magnitude", "random")
+
+
+def tensor_importance(
+    model: torch.nn.Module,
+    batches: Iterable[Mapping[str, Any]],
+    optimizer: torch.optim.Optimizer | None = None,
+    metric: str = "taylor",
+    *,
+    profile: TensorProfile | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """Importance of each tensor of `profile` (profiled on the first batch when not given), averaged over `batches`.
+
+    `taylor` uses the update of `optimizer` (Adam, AdamW or SGD, with its current state) or of a fresh AdamW with
+    default hyper-parameters. `grad_l1` is sum(|grad|), `fisher` sum(grad**2), `magnitude` sum(|w|) and `random`
+    a seeded uniform draw, for ablations.
+    """
+    if metric not in IMPORTANCE_METRICS:
+        raise ValueError(f"unknown importance metric {metric!r}; choose one of {', '.join(IMPORTANCE_METRICS)}")
+    batches = list(batches)
+    if profile is None:
+        if not batches:
+            raise ValueError("need at least one probe batch to profile the model")
+        profile = profile_model(model, batches[0])
+    params = dict(model.named_parameters())
+    tensors = [params[n] for n in profile.names]
+    if metric == "random":
+        return np.random.default_rng(seed).random(len(tensors))
+    if metric == "magnitude":
+        return np.array([float(t.detach().abs().sum()) for t in tensors])
+    if not batches:
+        raise ValueError(f"metric {metric!r} needs at least one probe batch")
+    update = _update_rule(optimizer, tensors) if metric == "taylor" else None
+
+    total = np.zeros(len(tensors))
+    saved = [t.requires_grad for t in tensors]
+    try:
+        for t in tensors:
+            t.requires_grad_(True)
+        for batch in batches:
+            with torch.random.fork_rng(devices=_cuda_devices(tensors)):
+                loss = model_loss(model, batch)
+                grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+            if not torch.isfinite(loss):
+                raise ValueError(f"the probe loss is {loss.item()}: importance cannot be computed on a diverged model")
+            for k, (t, g) in enumerate(zip(tensors, grads)):
+                if g is not None:
+                    total[k] += _score(metric, t, g, update)
+    finally:
+        for t, flag in zip(tensors, saved):
+            t.requires_grad_(flag)
+    return total / len(batches)
+
+
+def _cuda_devices(tensors: list[torch.Tensor]) -> list[int]:
+    return sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
+
+
+def _score(metric: str, p: torch.Tensor, g: torch.Tensor, update: Any) -> float:
+    if metric == "grad_l1":
+        return float(g.abs().sum())
+    if metric == "fisher":
+        return float((g.float() ** 2).sum())
+    return float(-(g.float() * update(p, g)).sum())
+
+
+_ADAMW_DEFAULTS = torch.optim.AdamW([torch.zeros(1, requires_grad=True)]).defaults
+
+
+def _update_rule(optimizer: torch.optim.Optimizer | None, tensors: list[torch.Tensor]):
+    """A function (parameter, grad) -> the update `optimizer.step()` would add to it; reads the optimizer only."""
+    if optimizer is None:
+        group_of = {id(t): _ADAMW_DEFAULTS for t in tensors}
+        state: Mapping = {}
+        rule = _adam_update
+    else:
+        if isinstance(optimizer, torch.optim.Adam):
+            rule = _adam_update
+        elif isinstance(optimizer, torch.optim.SGD):
+            rule = _sgd_update
+        else:
+            raise ValueError(f"taylor importance supports Adam, AdamW and SGD optimizers, not {type(optimizer).__name__}")
+        group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+        state = optimizer.state
+        missing = sum(id(t) not in group_of for t in tensors)
+        if missing:
+            raise ValueError(
+                f"the optimizer does not hold {missing} of the profiled tensors; create it over all parameters "
+                "(GreenTrainer freezes tensors through requires_grad, not by leaving them out of the optimizer)"
+            )
+    return lambda p, g: rule(p.detach().float(), g.float(), group_of[id(p)], state.get(p, {}))
+
+
+def _adam_update(w: torch.Tensor, g: torch.Tensor, group: Mapping, state: Mapping) -> torch.Tensor:
+    """torch.optim.Adam/AdamW's update for one step, from the current state (amsgrad and maximize included)."""
+    if group["maximize"]:
+        g = -g
+    lr, (beta1, beta2), eps, wd = float(group["lr"]), group["betas"], group["eps"], group["weight_decay"]
+    decoupled = group.get("decoupled_weight_decay", False)
+    if wd and not decoupled:
+        g = g + wd * w
+    step = float(state["step"]) + 1 if "step" in state else 1.0
+    exp_avg = state["exp_avg"].float() if "exp_avg" in state else torch.zeros_like(w)
+    exp_avg_sq = state["exp_avg_sq"].float() if "exp_avg_sq" in state else torch.zeros_like(w)
+    m = beta1 * exp_avg + (1 - beta1) * g
+    v = beta2 * exp_avg_sq + (1 - beta2) * g * g
+    if group["amsgrad"]:
+        v = torch.maximum(state["max_exp_avg_sq"].float(), v) if "max_exp_avg_sq" in state else v
+    bias1 = 1 - beta1**step
+    bias2 = 1 - beta2**step
+    delta = -(lr / bias1) * m / (v.sqrt() / bias2**0.5 + eps)
+    if wd and decoupled:
+        delta = delta - lr * wd * w
+    return delta
+
+
+def _sgd_update(w: torch.Tensor, g: torch.Tensor, group: Mapping, state: Mapping) -> torch.Tensor:
+    """torch.optim.SGD's update for one step, from the current momentum buffer."""
+    if group["maximize"]:
+        g = -g
+    if group["weight_decay"]:
+        g = g + group["weight_decay"] * w
+    momentum = group["momentum"]
+    if momentum:
+        buf = state.get("momentum_buffer")
+        buf = g if buf is None else momentum * buf.float() + (1 - group["dampening"]) * g
+        g = g + momentum * buf if group["nesterov"] else buf
+    return -float(group["lr"]) * g
