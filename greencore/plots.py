@@ -1,0 +1,678 @@
+"""Plotly figures of profiles, selections and training runs, shared by the Gradio app and the notebooks.
+
+Every function returns a `plotly.graph_objects.Figure` built offline (nothing is fetched); all use one template
+and the same two colours for trained / frozen tensors. Empty inputs give an empty figure that says so; malformed
+inputs raise ValueError.
+
+Run records are the plain dicts the training engine writes: metrics lines (`type` "train" / "eval"), selection
+lines (`index`, `step`, `names`, `mask`, `importance`, ...) and summaries (`scheme`, `rho`, `flops_total`,
+`flops_ratio` (None before any step), `rouge1`, `rouge2`, `rougeL` in percent as `greencore.evaluate.rouge` gives
+them (None if not scored), `wall_seconds`, ...).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import numpy as np
+import plotly.colors
+import plotly.graph_objects as go
+
+from .layout import TensorLayout
+from .profile import TensorProfile
+from .select import select_tensors
+
+__all__ = [
+    "COLOR_BY",
+    "comparison_rows",
+    "flops_breakdown",
+    "flops_progress",
+    "format_flops",
+    "loss_curves",
+    "pareto",
+    "selection_heatmap",
+    "selection_timeline",
+    "tradeoff_curve",
+]
+
+TEMPLATE = "plotly_white"
+TRAINED_COLOR = "#2ca02c"
+FROZEN_COLOR = "#dcdcdc"
+RUN_COLORS = plotly.colors.qualitative.Plotly
+COLOR_BY = ("selected", "importance", "t_dw", "t_dy")
+
+_SELECTED_SCALE = [[0.0, FROZEN_COLOR], [1.0, TRAINED_COLOR]]
+_SELECTED_COLORBAR = {"tickvals": [0, 1], "ticktext": ["frozen", "trained"]}
+_FLOPS_UNITS = ("FLOPs", "kFLOPs", "MFLOPs", "GFLOPs", "TFLOPs", "PFLOPs", "EFLOPs", "ZFLOPs")
+
+# Heatmap column order: attention, cross-attention, MLP, norms, then embeddings and head; unknown types follow.
+_TYPE_ORDER = [
+    "q", "k", "v", "qkv", "rel_pos", "attn_out",
+    "cross_q", "cross_k", "cross_v", "cross_kv", "cross_qkv", "cross_out",
+    "mlp_gate", "mlp_in", "mlp_out",
+    "attn_norm", "cross_norm", "mlp_norm", "embed_norm", "norm", "head_norm",
+    "embed", "pos_embed", "type_embed", "head_transform", "lm_head",
+]  # fmt: skip
+_PARAM_ORDER = {"weight": 0, "bias": 1}
+# Tensors LoRA adapts in the reference configuration (r=8 on the attention query and value projections).
+_LORA_TARGETS = {(base, "weight") for base in ("q", "v", "qkv", "cross_q", "cross_v", "cross_kv", "cross_qkv")}
+
+
+def format_flops(x: float) -> str:
+    """A FLOP count with an SI unit and three significant digits, e.g. "12.3 GFLOPs"."""
+    value = float(x)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"FLOPs must be a finite number >= 0, got {x!r}")
+    exponent = 0
+    while float(f"{value:.3g}") >= 1000 and exponent < len(_FLOPS_UNITS) - 1:
+        value /= 1000
+        exponent += 1
+    return f"{value:.3g} {_FLOPS_UNITS[exponent]}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Profile and selection figures
+
+
+def selection_heatmap(
+    profile: TensorProfile,
+    mask: Any = None,
+    importance: Any = None,
+    color_by: str = "selected",
+    title: str | None = None,
+) -> go.Figure:
+    """Per-layer grid of the model's tensors: rows are blocks (input at the bottom), columns canonical tensor types.
+
+    Cells are coloured by `color_by`: "selected" (needs `mask`), "importance" (needs `importance`), "t_dw" or
+    "t_dy"; a block without a tensor of some type leaves that cell empty. Hover shows each tensor's name, flag,
+    importance and FLOPs. Tensors outside blocks share one row ("embeddings/head", or "enc/dec (other)" for the
+    final norms of an encoder-decoder's stacks).
+    """
+    if color_by not in COLOR_BY:
+        raise ValueError(f"color_by={color_by!r} is not one of {', '.join(COLOR_BY)}")
+    n = len(profile)
+    m = None if mask is None else profile.as_mask(mask)
+    imp = None if importance is None else _per_tensor(importance, n, "importance")
+    if color_by == "selected" and m is None:
+        raise ValueError("color_by='selected' needs a mask (one bool per profiled tensor, or the trained names)")
+    if color_by == "importance" and imp is None:
+        raise ValueError("color_by='importance' needs importance (one value per profiled tensor)")
+    if n == 0:
+        return _empty_figure("The profile has no trainable tensors.", title)
+    layout = _checked_layout(profile.layout, profile.names)
+
+    values = {"selected": m, "importance": imp, "t_dw": profile.t_dw, "t_dy": profile.t_dy}[color_by]
+    rows = _row_labels(layout)
+    row_order = sorted(set(rows), key=lambda label: _row_key(layout[rows.index(label)]))
+    col_order = sorted({lay.type for lay in layout}, key=_type_key)
+    z: list[list[float | None]] = [[None] * len(col_order) for _ in row_order]
+    text = [[""] * len(col_order) for _ in row_order]
+    for k, lay in enumerate(layout):
+        r, c = row_order.index(rows[k]), col_order.index(lay.type)
+        if z[r][c] is not None:
+            raise ValueError(f"two tensors share the cell ({rows[k]}, {lay.type}); the layout must not repeat a type")
+        z[r][c] = float(values[k])
+        hover = [f"<b>{lay.name}</b>", f"{lay.type} in {rows[k]}"]
+        if m is not None:
+            hover.append(f"selected: {'yes' if m[k] else 'no'}")
+        if imp is not None:
+            hover.append(f"importance: {imp[k]:.3g}")
+        hover += [f"t_dw: {format_flops(profile.t_dw[k])}", f"t_dy: {format_flops(profile.t_dy[k])}"]
+        text[r][c] = "<br>".join(hover)
+
+    style: dict[str, Any]
+    if color_by == "selected":
+        style = {"colorscale": _SELECTED_SCALE, "zmin": 0, "zmax": 1, "colorbar": _SELECTED_COLORBAR}
+        default_title = f"Selected tensors ({int(m.sum())} of {n} trained)"
+    elif color_by == "importance":
+        style = {"colorscale": "RdBu", "zmid": 0, "colorbar": {"title": {"text": "importance"}}}
+        default_title = "Importance per tensor"
+    else:
+        style = {"colorscale": "Viridis", "colorbar": {"title": {"text": "FLOPs"}, "tickformat": "~s"}}
+        default_title = {"t_dw": "Weight-gradient FLOPs (t_dw)", "t_dy": "Activation-gradient FLOPs (t_dy)"}[color_by]
+
+    fig = _figure(title or default_title, height=max(320, 160 + 26 * len(row_order)))
+    fig.add_trace(
+        go.Heatmap(
+            z=z,
+            x=col_order,
+            y=row_order,
+            text=text,
+            hovertemplate="%{text}<extra></extra>",
+            hoverongaps=False,
+            xgap=1,
+            ygap=1,
+            **style,
+        )
+    )
+    fig.update_xaxes(title_text="tensor type", tickangle=-45, type="category")
+    fig.update_yaxes(title_text="block (input at the bottom)", type="category")
+    return fig
+
+
+def flops_breakdown(
+    profile: TensorProfile, mask: Any, lora_flops: Mapping[str, float] | None = None
+) -> go.Figure:
+    """Stacked FLOPs of one training step for full fine-tuning, this selection and LoRA, with what each saves.
+
+    The selection's backward is `profile.backward_flops(mask)`: its weight-gradient part is `sum(t_dw[mask])`, the
+    rest is activation gradients. `lora_flops` ({"forward", "backward"}) is a caller's measurement; its backward is
+    drawn as activation gradients, the adapters' own weight gradients being a negligible part of it. Without it a
+    reference is computed from the profile: forward, plus activation gradients down to the deepest attention
+    query/value tensor, no weight gradients and no adapter FLOPs; the bar is left out if the profile has no such
+    tensor.
+    """
+    m = profile.as_mask(mask)
+    full = profile.full_flops
+    if len(profile) == 0 or full <= 0:
+        return _empty_figure("The profile has no trainable tensors.", "FLOPs of one training step")
+    weight = float(profile.t_dw[m].sum())
+    bars = {
+        "full fine-tuning": (profile.t_fp, float(profile.t_dy.sum()), float(profile.t_dw.sum())),
+        "this selection": (profile.t_fp, max(0.0, profile.backward_flops(m) - weight), weight),
+    }
+    if lora_flops is not None:
+        forward, backward = (_number(lora_flops, key, "lora_flops") for key in ("forward", "backward"))
+        bars["LoRA (measured)"] = (forward, backward, 0.0)
+    else:
+        deepest = _deepest_lora_target(profile)
+        if deepest is not None:
+            label = "LoRA q/v (reference:<br>from the profile,<br>no adapter FLOPs)"
+            bars[label] = (profile.t_fp, float(profile.t_dy[:deepest].sum()), 0.0)
+
+    labels = list(bars)
+    parts = {
+        "forward": [b[0] for b in bars.values()],
+        "activation gradients": [b[1] for b in bars.values()],
+        "weight gradients": [b[2] for b in bars.values()],
+        "saved vs full": [max(0.0, full - sum(b)) for b in bars.values()],
+    }
+    markers = {
+        "forward": {"color": "#7f7f7f"},
+        "activation gradients": {"color": "#1f77b4"},
+        "weight gradients": {"color": "#ff7f0e"},
+        "saved vs full": {"color": "rgba(44, 160, 44, 0.2)", "pattern": {"shape": "/", "fgcolor": TRAINED_COLOR}},
+    }
+    fig = _figure("FLOPs of one training step", height=440, barmode="stack")
+    for part, ys in parts.items():
+        fig.add_trace(
+            go.Bar(
+                name=part,
+                x=labels,
+                y=ys,
+                marker=markers[part],
+                customdata=[[format_flops(y), y / full] for y in ys],
+                hovertemplate=f"{part}: %{{customdata[0]}} (%{{customdata[1]:.1%}} of full)<extra>%{{x}}</extra>",
+            )
+        )
+    totals = [sum(b) for b in bars.values()]
+    fig.add_trace(
+        go.Scatter(
+            x=labels,
+            y=totals,
+            mode="text",
+            text=[f"{t / full:.0%} of full" for t in totals],
+            textposition="top center",
+            showlegend=False,
+            hoverinfo="skip",
+        )
+    )
+    fig.update_yaxes(title_text="FLOPs per step", tickformat="~s")
+    return fig
+
+
+def tradeoff_curve(
+    profile: TensorProfile,
+    importance: Any,
+    rhos: Sequence[float] | None = None,
+    current_rho: float | None = None,
+) -> go.Figure:
+    """Predicted step-FLOPs ratio and selected importance against rho, from `select_tensors` at each rho.
+
+    Importance is shown as a share of the total positive importance (what training every useful tensor gets).
+    `rhos` defaults to 40 values from `profile.min_rho` to 1; `current_rho` is marked by a vertical line.
+    """
+    imp = _per_tensor(importance, len(profile), "importance")
+    if len(profile) == 0:
+        return _empty_figure("The profile has no trainable tensors.", "FLOPs and importance against rho")
+    grid = np.linspace(profile.min_rho, 1.0, 40) if rhos is None else np.sort(np.asarray(rhos, dtype=np.float64))
+    if grid.ndim != 1 or len(grid) == 0:
+        raise ValueError("rhos must be a non-empty sequence of numbers")
+    selections = [select_tensors(profile, imp, float(rho)) for rho in grid]
+    positive = float(imp[imp > 0].sum())
+    share = [s.objective / positive if positive > 0 else 0.0 for s in selections]
+    counts = [int(s.mask.sum()) for s in selections]
+
+    fig = _figure("FLOPs and importance against rho", height=440)
+    fig.add_trace(
+        go.Scatter(
+            x=grid,
+            y=grid,
+            name="budget (rho)",
+            mode="lines",
+            line={"dash": "dot", "color": "#7f7f7f"},
+            hoverinfo="skip",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=grid,
+            y=[s.predicted_ratio for s in selections],
+            name="predicted step FLOPs / full",
+            mode="lines+markers",
+            customdata=counts,
+            hovertemplate="rho %{x:.3f}: step FLOPs %{y:.1%} of full, %{customdata} tensors<extra></extra>",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=grid,
+            y=share,
+            name="selected importance / all positive",
+            mode="lines+markers",
+            line={"color": TRAINED_COLOR},
+            hovertemplate="rho %{x:.3f}: %{y:.1%} of the positive importance<extra></extra>",
+        )
+    )
+    if current_rho is not None:
+        if not math.isfinite(current_rho) or not 0 < current_rho <= 1:
+            raise ValueError(f"current_rho={current_rho!r} must be a fraction in (0, 1]")
+        fig.add_vline(x=current_rho, line_dash="dash", annotation_text=f"rho = {current_rho:.2f}")
+    fig.update_xaxes(title_text="rho (FLOPs budget as a fraction of full fine-tuning)")
+    fig.update_yaxes(title_text="fraction", tickformat=".0%", range=[0, 1.05])
+    return fig
+
+
+def selection_timeline(
+    selections: Sequence[Mapping[str, Any]], layout: Sequence[TensorLayout] | None = None
+) -> go.Figure:
+    """Which tensors each re-selection trained: rows are re-selections (first at the top), columns tensors.
+
+    Columns follow the selections' `names` (backprop order, 0 nearest the loss). With `layout` (aligned with
+    those names, e.g. `profile.layout`) the columns are labelled and separated by block.
+    """
+    title = "Selected tensors at each re-selection"
+    if not selections:
+        return _empty_figure("No selections recorded yet.", title)
+    records = sorted(selections, key=lambda s: _field(s, "index", "selection"))
+    names = list(_field(records[0], "names", "selection"))
+    n = len(names)
+    z, text, rows = [], [], []
+    for rec in records:
+        if list(_field(rec, "names", "selection")) != names:
+            raise ValueError(f"selection {rec['index']} lists different tensors than selection {records[0]['index']}")
+        mask = [bool(x) for x in _field(rec, "mask", "selection")]
+        imp = _per_tensor(_field(rec, "importance", "selection"), n, f"importance of selection {rec['index']}")
+        if len(mask) != n:
+            raise ValueError(f"selection {rec['index']} has {len(mask)} mask entries for {n} tensors")
+        step = _field(rec, "step", "selection")
+        rows.append(f"#{rec['index']} (step {step})")
+        z.append([float(x) for x in mask])
+        text.append(
+            [
+                f"<b>{name}</b><br>re-selection {rec['index']} at step {step}<br>"
+                f"selected: {'yes' if sel else 'no'}<br>importance: {i:.3g}"
+                for name, sel, i in zip(names, mask, imp)
+            ]
+        )
+
+    fig = _figure(title, height=max(280, 160 + 22 * len(rows)))
+    fig.add_trace(
+        go.Heatmap(
+            z=z,
+            x=list(range(n)),
+            y=rows,
+            text=text,
+            hovertemplate="%{text}<extra></extra>",
+            colorscale=_SELECTED_SCALE,
+            zmin=0,
+            zmax=1,
+            colorbar=_SELECTED_COLORBAR,
+            ygap=1,
+        )
+    )
+    fig.update_yaxes(type="category", autorange="reversed", title_text="re-selection")
+    if layout is None:
+        fig.update_xaxes(title_text="tensor (backprop order, 0 = nearest the loss)")
+        return fig
+    labels = _row_labels(_checked_layout(layout, names))
+    starts = [k for k in range(n) if k == 0 or labels[k] != labels[k - 1]]
+    ends = starts[1:] + [n]
+    fig.update_xaxes(
+        title_text="tensor by block (backprop order: output side on the left)",
+        tickvals=[(a + b - 1) / 2 for a, b in zip(starts, ends)],
+        ticktext=[labels[a] for a in starts],
+        tickangle=-45,
+    )
+    for boundary in starts[1:]:
+        fig.add_vline(x=boundary - 0.5, line_width=1, line_color="white")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Run figures
+
+
+def loss_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> go.Figure:
+    """Training loss against step for each run, overlaid, with validation losses as markers in the same colour.
+
+    Eval lines without a loss (the ROUGE results of generation) and of other splits are not drawn.
+    """
+    title = "Loss"
+    series = _run_series(runs)
+    fig = _figure(title, height=440)
+    for i, (label, lines) in enumerate(series.items()):
+        color = RUN_COLORS[i % len(RUN_COLORS)]
+        train = [r for r in lines if r.get("type") == "train"]
+        evals = [r for r in lines if r.get("type") == "eval" and r.get("split") == "validation" and "loss" in r]
+        if train:
+            fig.add_trace(
+                go.Scatter(
+                    x=[_field(r, "step", "train") for r in train],
+                    y=[_field(r, "loss", "train") for r in train],
+                    name=f"{label} (train)",
+                    legendgroup=label,
+                    mode="lines",
+                    line={"color": color},
+                )
+            )
+        if evals:
+            fig.add_trace(
+                go.Scatter(
+                    x=[_field(r, "step", "eval") for r in evals],
+                    y=[_field(r, "loss", "eval") for r in evals],
+                    name=f"{label} (validation)",
+                    legendgroup=label,
+                    mode="markers",
+                    marker={"color": color, "size": 9, "symbol": "diamond"},
+                )
+            )
+    if not fig.data:
+        return _empty_figure("No training or validation losses recorded yet.", title)
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text="loss")
+    return fig
+
+
+def flops_progress(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> go.Figure:
+    """Cumulative measured FLOPs against step for each run, with its full fine-tuning equivalent dashed."""
+    title = "Cumulative training FLOPs"
+    series = _run_series(runs)
+    fig = _figure(title, height=440)
+    for i, (label, lines) in enumerate(series.items()):
+        train = [r for r in lines if r.get("type") == "train"]
+        if not train:
+            continue
+        color = RUN_COLORS[i % len(RUN_COLORS)]
+        steps = [_field(r, "step", "train") for r in train]
+        for key, name, dash in (("flops", "measured", "solid"), ("flops_full", "full fine-tuning equivalent", "dash")):
+            ys = [_number(r, key, "train line") for r in train]
+            fig.add_trace(
+                go.Scatter(
+                    x=steps,
+                    y=ys,
+                    name=f"{label} ({name})",
+                    legendgroup=label,
+                    mode="lines",
+                    line={"color": color, "dash": dash},
+                    customdata=[format_flops(y) for y in ys],
+                    hovertemplate=f"{label} ({name})<br>step %{{x}}: %{{customdata}}<extra></extra>",
+                )
+            )
+    if not fig.data:
+        return _empty_figure("No training steps recorded yet.", title)
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text="cumulative FLOPs", tickformat="~s")
+    return fig
+
+
+class _RunPoint(NamedTuple):
+    scheme: str
+    label: str
+    flops: float
+    savings: float | None
+    rouge_l: float
+
+
+def pareto(summaries: Sequence[Mapping[str, Any]], x: str = "flops") -> go.Figure:
+    """ROUGE-L against training FLOPs (`x="flops"`) or FLOPs saved (`x="savings"`), one point per run.
+
+    Points are coloured by scheme and labelled by run; runs without a ROUGE-L score (or, for "savings", without a
+    FLOPs ratio) are left out. The dashed line joins the runs no other run beats on both axes.
+    """
+    if x not in ("flops", "savings"):
+        raise ValueError(f"x={x!r} must be 'flops' or 'savings'")
+    title = "ROUGE-L against training FLOPs" if x == "flops" else "ROUGE-L against FLOPs saved"
+    points = []
+    for s in summaries:
+        rouge, savings = _rouge(s, "rougeL"), _savings(s)
+        if rouge is None or (x == "savings" and savings is None):
+            continue
+        flops = _number(s, "flops_total", "summary")
+        points.append(_RunPoint(str(_field(s, "scheme", "summary")), _run_label(s), flops, savings, rouge))
+    if not points:
+        return _empty_figure("No run with a ROUGE-L score yet.", title)
+
+    fig = _figure(title, height=480)
+    schemes = list(dict.fromkeys(p.scheme for p in points))
+    for i, scheme in enumerate(schemes):
+        mine = [p for p in points if p.scheme == scheme]
+        fig.add_trace(
+            go.Scatter(
+                x=[p.flops if x == "flops" else p.savings for p in mine],
+                y=[p.rouge_l for p in mine],
+                name=scheme,
+                mode="markers+text",
+                text=[p.label for p in mine],
+                textposition="top center",
+                marker={"size": 11, "color": RUN_COLORS[i % len(RUN_COLORS)]},
+                customdata=[[format_flops(p.flops), "n/a" if p.savings is None else f"{p.savings:.1f}%"] for p in mine],
+                hovertemplate="%{text}<br>%{customdata[0]} (%{customdata[1]} saved)<br>ROUGE-L %{y:.1f}<extra></extra>",
+            )
+        )
+    # Lower FLOPs or higher savings is better: the front is computed on the cost the x axis shows.
+    front = _pareto_front([(p.flops if x == "flops" else -p.savings, p.rouge_l) for p in points])
+    fig.add_trace(
+        go.Scatter(
+            x=[cost if x == "flops" else -cost for cost, _ in front],
+            y=[score for _, score in front],
+            name="Pareto front",
+            mode="lines",
+            line={"dash": "dash", "color": "#7f7f7f"},
+            hoverinfo="skip",
+        )
+    )
+    if x == "flops":
+        fig.update_xaxes(title_text="training FLOPs (measured, incl. selection)", tickformat="~s")
+    else:
+        fig.update_xaxes(title_text="FLOPs saved vs full fine-tuning (%)")
+    fig.update_yaxes(title_text="ROUGE-L")
+    return fig
+
+
+def comparison_rows(summaries: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """One table row of display strings per run: scheme, rho, FLOPs, savings, time and ROUGE-1/2/L ("-": none)."""
+    rows = []
+    for s in summaries:
+        rho, savings = s.get("rho"), _savings(s)
+        rouges = {key: _rouge(s, key) for key in ("rouge1", "rouge2", "rougeL")}
+        rows.append(
+            {
+                "run": _run_label(s),
+                "scheme": str(_field(s, "scheme", "summary")),
+                "rho": "-" if rho is None else f"{rho:g}",
+                "FLOPs": format_flops(_number(s, "flops_total", "summary")),
+                "savings": "-" if savings is None else f"{savings:.1f}%",
+                "time": _format_seconds(_number(s, "wall_seconds", "summary")),
+                **{
+                    label: "-" if rouges[key] is None else f"{rouges[key]:.1f}"
+                    for label, key in (("ROUGE-1", "rouge1"), ("ROUGE-2", "rouge2"), ("ROUGE-L", "rougeL"))
+                },
+            }
+        )
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _figure(title: str, height: int, **layout: Any) -> go.Figure:
+    """An empty figure with the shared template, title and legend placement."""
+    fig = go.Figure()
+    fig.update_layout(
+        template=TEMPLATE,
+        title={"text": title},
+        height=height,
+        margin={"l": 70, "r": 30, "t": 60, "b": 60},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0},
+        **layout,
+    )
+    return fig
+
+
+def _empty_figure(message: str, title: str | None) -> go.Figure:
+    """A figure with no data that says why, so a UI can show it instead of failing."""
+    fig = _figure(title or "", height=300)
+    fig.add_annotation(text=message, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5, font={"size": 15})
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return fig
+
+
+def _per_tensor(values: Any, n: int, what: str) -> np.ndarray:
+    """A finite float vector with one entry per tensor."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.shape != (n,):
+        raise ValueError(f"{what} must have one value per tensor ({n}), got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{what} contains NaN or inf")
+    return arr
+
+
+def _checked_layout(layout: Sequence[TensorLayout], names: Sequence[str]) -> list[TensorLayout]:
+    """The layout, checked to describe exactly `names` in order (the per-layer figures need it)."""
+    if [lay.name for lay in layout] != list(names):
+        raise ValueError(
+            "the layout must list the profile's tensors in the same order (build the profile with profile_model, "
+            "or pass TensorProfile(layout=tensor_layout(model, names)))"
+        )
+    return list(layout)
+
+
+def _row_labels(layout: Sequence[TensorLayout]) -> list[str]:
+    """Heatmap row of each tensor: its block ("block 3", or "enc 0" / "dec 1" for seq2seq) or its outer group."""
+    seq2seq = any(lay.stack != "none" for lay in layout)
+    prefix = {"encoder": "enc", "decoder": "dec", "none": "block"}
+    labels = []
+    for lay in layout:
+        if lay.block is not None:
+            labels.append(f"{prefix.get(lay.stack, lay.stack)} {lay.block}")
+        elif seq2seq and lay.stack != "none":
+            labels.append(f"{prefix.get(lay.stack, lay.stack)} (other)")
+        else:
+            labels.append("embeddings/head")
+    return labels
+
+
+def _row_key(lay: TensorLayout) -> tuple[int, int, float]:
+    """Input-to-output order of rows: embeddings/head, then each stack's blocks, then that stack's outer tensors."""
+    stack_rank = {"none": 0, "encoder": 1, "decoder": 2}.get(lay.stack, 3)
+    outer_first = lay.stack == "none" and lay.block is None
+    return stack_rank, 0 if outer_first else 1, math.inf if lay.block is None else lay.block
+
+
+def _split_type(kind: str) -> tuple[str, str, int]:
+    """("q", "weight", 1) from "q.weight"; ("q", "weight", 2) from "q.weight#2"; ("scale", "", 1) from "scale"."""
+    body, _, dup = kind.partition("#")
+    base, _, param = body.rpartition(".") if "." in body else (body, "", "")
+    return base, param, int(dup) if dup.isdigit() else 1
+
+
+def _type_key(kind: str) -> tuple[int, str, int, str, int]:
+    base, param, dup = _split_type(kind)
+    rank = _TYPE_ORDER.index(base) if base in _TYPE_ORDER else len(_TYPE_ORDER)
+    return rank, base, _PARAM_ORDER.get(param, len(_PARAM_ORDER)), param, dup
+
+
+def _deepest_lora_target(profile: TensorProfile) -> int | None:
+    """Index of the deepest attention query/value weight (where LoRA's activation gradient must reach)."""
+    targets = [k for k, lay in enumerate(profile.layout) if _split_type(lay.type)[:2] in _LORA_TARGETS]
+    return max(targets) if targets else None
+
+
+def _field(record: Mapping[str, Any], key: str, what: str) -> Any:
+    """record[key], with a clear error naming the kind of record when it is missing."""
+    if not isinstance(record, Mapping):
+        raise ValueError(f"each {what} record must be a dict, got {type(record).__name__}")
+    if key not in record:
+        raise ValueError(f"{what} record has no {key!r} (it has {', '.join(map(str, record))})")
+    return record[key]
+
+
+def _number(record: Mapping[str, Any], key: str, what: str) -> float:
+    """record[key] as a float, checked to be a finite number >= 0 (FLOPs, ratios, durations)."""
+    value = _field(record, key, what)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{what} {key!r} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _run_series(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Each run's metrics lines sorted by step (lines of other types are kept; callers filter by type)."""
+    if not isinstance(runs, Mapping):
+        raise ValueError(f"runs must map a run label to its metrics lines, got {type(runs).__name__}")
+    series = {}
+    for label, lines in runs.items():
+        for line in lines:
+            _field(line, "type", f"metrics line of run {label!r}")
+        series[str(label)] = sorted(lines, key=lambda r: (r.get("step", 0), r["type"] != "train"))
+    return series
+
+
+def _run_label(summary: Mapping[str, Any]) -> str:
+    """A run's display name: its label or run name, else scheme and rho."""
+    name = summary.get("label") or summary.get("run")
+    if name:
+        return str(name)
+    rho = summary.get("rho")
+    scheme = str(_field(summary, "scheme", "summary"))
+    return scheme if rho is None else f"{scheme} rho={rho:g}"
+
+
+def _rouge(summary: Mapping[str, Any], key: str) -> float | None:
+    """A ROUGE score in percent, or None when the run was not scored."""
+    value = summary.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+        raise ValueError(f"summary {key!r} must be a ROUGE score in percent (0 to 100), got {value!r}")
+    return float(value)
+
+
+def _savings(summary: Mapping[str, Any]) -> float | None:
+    """FLOPs saved against full fine-tuning, in percent, or None before any step (no FLOPs ratio yet)."""
+    if _field(summary, "flops_ratio", "summary") is None:
+        return None
+    return 100 * (1 - _number(summary, "flops_ratio", "summary"))
+
+
+def _pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(cost, score) points that no other point beats (no higher cost and a higher score), by increasing cost."""
+    front: list[tuple[float, float]] = []
+    for cost, score in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or score > front[-1][1]:
+            front.append((cost, score))
+    return front
+
+
+def _format_seconds(seconds: float) -> str:
+    """Wall time as "42.0 s", "3 min 05 s" or "2 h 07 min"."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
