@@ -1,0 +1,107 @@
+"""Shared output for benchmarks: every result is a JSON file plus a Markdown table, both stamped with where and
+when it was measured, so numbers quoted elsewhere can be traced to a machine and a command."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def write_results(
+    name: str, payload: dict, table_md: str, command: str, results_dir: Path | None = None
+) -> tuple[Path, Path]:
+    """Write `{name}.json` (payload plus a `meta` block) and `{name}.md` (title, meta, table) atomically.
+
+    Returns the two paths. `results_dir` defaults to bench/results.
+    """
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
+        raise ValueError(f"name={name!r} must be a plain file stem such as 'selector' (no path separators)")
+    out = Path(results_dir) if results_dir is not None else RESULTS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    meta = run_meta(command)
+    json_path, md_path = out / f"{name}.json", out / f"{name}.md"
+    _write_atomic(json_path, json.dumps({**payload, "meta": meta}, indent=2) + "\n")
+    lines = [f"# Benchmark: {name}", ""]
+    lines += [f"- {key}: {value}" for key, value in _flatten(meta)]
+    _write_atomic(md_path, "\n".join(lines) + "\n\n" + table_md.rstrip() + "\n")
+    return json_path, md_path
+
+
+def run_meta(command: str) -> dict[str, Any]:
+    """Date (UTC), machine, library versions and the command that produced a result."""
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": _cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "ram_gib": _ram_gib(),
+        },
+        "versions": {
+            "python": platform.python_version(),
+            **{pkg: _version(pkg) for pkg in ("torch", "numpy", "transformers")},
+        },
+        "command": command,
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _ram_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _flatten(meta: dict[str, Any]) -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    for key, value in meta.items():
+        if isinstance(value, dict):
+            rows.append((key, ", ".join(f"{k}={v}" for k, v in value.items())))
+        else:
+            rows.append((key, f"`{value}`" if key == "command" else value))
+    return rows
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def command_line() -> str:
+    """The command that started this process, for the `command` field."""
+    return " ".join([Path(sys.executable).name, *sys.argv])
