@@ -239,7 +239,12 @@ def _load_stdlib_tldr(cache_dir: str | os.PathLike | None) -> datasets.DatasetDi
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f"{path.name}.tmp-", dir=path.parent)
         try:
-            build_stdlib_tldr().save_to_disk(tmp)
+            pairs = build_stdlib_tldr()
+            datasets.disable_progress_bars()
+            try:
+                pairs.save_to_disk(tmp)
+            finally:
+                datasets.enable_progress_bars()
             os.chmod(tmp, 0o755)  # mkdtemp makes it private; the published cache is an ordinary folder
             try:
                 os.replace(tmp, path)

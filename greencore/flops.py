@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-__all__ = ["flop_counter", "flop_registry", "measure_training_flops", "model_loss"]
+__all__ = ["flop_counter", "flop_registry", "measure_training_flops", "model_loss", "rng_devices"]
 
 aten = torch.ops.aten
 
@@ -43,6 +43,11 @@ def flop_registry() -> dict:
     return flop_counter().flop_registry
 
 
+def rng_devices(tensors: Iterable[torch.Tensor]) -> list[int]:
+    """The CUDA devices whose RNG `torch.random.fork_rng` must save so that work on `tensors` leaves it unchanged."""
+    return sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
+
+
 def model_loss(model: torch.nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
     """Call the model on a batch and return its scalar training loss."""
     out = model(**batch)
@@ -63,7 +68,8 @@ def measure_training_flops(
 
     `trainable` is a collection of parameter names, an object with a `.trainable` list (a `Selection`), or a boolean
     mask aligned with `names` (for example `profile.names`). Only those tensors require grad during the measurement;
-    every parameter's `requires_grad` and `.grad` are restored afterwards. Returns forward, backward and total FLOPs.
+    every parameter's `requires_grad` and `.grad`, and the RNG (dropout), are restored afterwards. Returns forward,
+    backward and total FLOPs.
     """
     params = dict(model.named_parameters())
     wanted = _trainable_names(trainable, names)
@@ -71,6 +77,11 @@ def measure_training_flops(
     if unknown:
         raise ValueError(f"not parameters of this model: {sorted(unknown)[:5]}")
     saved = {n: (p.requires_grad, p.grad) for n, p in params.items()}
+    with torch.random.fork_rng(devices=rng_devices(params.values())):
+        return _measure(model, batch, params, wanted, saved)
+
+
+def _measure(model, batch, params, wanted, saved) -> dict[str, int]:
     try:
         for n, p in params.items():
             p.requires_grad_(n in wanted)

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
-from .flops import model_loss
+from .flops import model_loss, rng_devices
 from .profile import TensorProfile, profile_model
 
 __all__ = ["IMPORTANCE_METRICS", "tensor_importance"]
@@ -59,7 +59,7 @@ def tensor_importance(
         for t in tensors:
             t.requires_grad_(True)
         for batch in batches:
-            with torch.random.fork_rng(devices=_cuda_devices(tensors)):
+            with torch.random.fork_rng(devices=rng_devices(tensors)):
                 loss = model_loss(model, batch)
                 grads = torch.autograd.grad(loss, tensors, allow_unused=True)
             if not torch.isfinite(loss):
@@ -71,10 +71,6 @@ def tensor_importance(
         for t, flag in zip(tensors, saved):
             t.requires_grad_(flag)
     return total / len(batches)
-
-
-def _cuda_devices(tensors: list[torch.Tensor]) -> list[int]:
-    return sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
 
 
 def _score(metric: str, p: torch.Tensor, g: torch.Tensor, update: Any) -> float:

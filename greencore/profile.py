@@ -23,7 +23,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from .flops import flop_counter, flop_registry
+from .flops import flop_counter, flop_registry, rng_devices
 from .layout import TensorLayout, tensor_layout
 
 __all__ = ["TensorProfile", "profile_model"]
@@ -136,16 +136,12 @@ def profile_model(model: torch.nn.Module, batch: Mapping[str, Any]) -> TensorPro
         raise ValueError("the model has no parameter that requires grad: nothing to profile")
     constants = [t for t in model.parameters() if not t.requires_grad] + list(model.buffers())
     tracer = _Tracer([p for _, p in params], constants)
-    with torch.random.fork_rng(devices=_rng_devices(model)), torch.enable_grad(), tracer:
+    with torch.random.fork_rng(devices=rng_devices(model.parameters())), torch.enable_grad(), tracer:
         model_output = model(**batch)
     if getattr(model_output, "loss", None) is None:
         raise ValueError("the model returned no loss: the batch must contain `labels` (see greencore.data.collate)")
     del model_output
     return _build_profile(model, [n for n, _ in params], tracer)
-
-
-def _rng_devices(model: torch.nn.Module) -> list[int]:
-    return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
 
 
 _ACT = 1  # bit 0 of a dependency mask: the value depends on the model's inputs; bit i+1: on trainable tensor i

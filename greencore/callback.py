@@ -1,0 +1,263 @@
+"""GreenTrainer inside a plain `transformers.Trainer`: a callback that re-selects the tensors to train.
+
+`GreenTrainerCallback` selects at the start of training and then every `interval_steps` optimizer steps: it draws a
+few probe batches, scores every tensor's importance with the Trainer's own optimizer, picks the best tensors under the
+FLOPs budget `rho` and freezes the rest through `requires_grad` (`set_trainable`). Selections happen in
+`on_step_begin`, which the Trainer calls once per optimizer step, so with gradient accumulation they fall on
+optimizer-step boundaries and never split an accumulated step.
+
+Decisions:
+- The model is profiled once per training run, on the first probe batch. FLOPs ratios barely depend on the batch
+  shape (everything but attention is linear in the number of tokens) and profiling costs several training steps.
+- Probe batches come from a private `DataLoader` over the Trainer's training dataset and collator, shuffled by its own
+  seeded generator. Iterating the Trainer's loader would draw from the global RNG (changing the data order and
+  dropout of the run) and register the loader with accelerate's gradient-accumulation bookkeeping.
+- Importance is computed at each parameter group's base learning rate (`initial_lr`, set by LR schedulers). The
+  Taylor score scales linearly with the learning rate, alike in every group, so the selection is the same whenever
+  lr > 0; but during warm-up lr can be 0, which would score every tensor 0 and freeze the whole model.
+- Selection runs in train mode: the profile must see the ops of a training step, the importance the training loss.
+- When training ends every parameter requires grad again, so the model can be trained or saved like any other; the
+  optimizer state dropped for frozen tensors is not restored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from typing import Any, Iterator, Mapping
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from .importance import IMPORTANCE_METRICS, tensor_importance
+from .profile import TensorProfile, profile_model
+from .select import select_tensors
+from .trainable import set_trainable
+
+__all__ = ["GreenTrainerCallback"]
+
+logger = logging.getLogger(__name__)
+
+
+class GreenTrainerCallback(TrainerCallback):
+    """Trains only the tensors that fit a FLOPs budget of `rho` times full fine-tuning, re-selected periodically.
+
+    `interval_steps=None` selects once, when training begins. `self.selections` lists every selection of the latest
+    run (step, epoch, rho, trainable names, predicted_ratio, objective). Every Trainer log gains
+    `green_predicted_ratio` and `green_trainable_tensors` for the selection in effect; they reach
+    `trainer.state.log_history` and the callbacks after this one (the progress bar), not the `report_to`
+    integrations, which the Trainer calls before any user callback.
+    """
+
+    def __init__(
+        self,
+        rho: float,
+        interval_steps: int | None = None,
+        probe_batches: int = 2,
+        metric: str = "taylor",
+        seed: int = 0,
+    ) -> None:
+        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not math.isfinite(rho) or not 0 < rho <= 1:
+            raise ValueError(f"rho={rho!r} must be a fraction of full fine-tuning FLOPs in (0, 1]")
+        if interval_steps is not None and (not _is_int(interval_steps) or interval_steps < 1):
+            raise ValueError(f"interval_steps={interval_steps!r} must be an integer >= 1, or None to select once")
+        if not _is_int(probe_batches) or probe_batches < 1:
+            raise ValueError(f"probe_batches={probe_batches!r} must be an integer >= 1")
+        if metric not in IMPORTANCE_METRICS:
+            raise ValueError(f"unknown importance metric {metric!r}; choose one of {', '.join(IMPORTANCE_METRICS)}")
+        if not _is_int(seed):
+            raise ValueError(f"seed={seed!r} must be an integer")
+        self.rho = float(rho)
+        self.interval_steps = interval_steps
+        self.probe_batches = probe_batches
+        self.metric = metric
+        self.seed = seed
+        self.selections: list[dict[str, Any]] = []
+        self._profile: TensorProfile | None = None
+        self._probe_loader: DataLoader | None = None
+        self._probe_iter: Iterator | None = None
+        self._last_selection_step: int | None = None
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """Check the setup, then make the first selection (an infeasible rho fails here, before any step)."""
+        model, optimizer = kwargs.get("model"), _unwrap(kwargs.get("optimizer"))
+        if model is None or optimizer is None:
+            raise ValueError(
+                "GreenTrainerCallback needs the Trainer's model and optimizer; use it with Trainer.train()"
+            )
+        _check_all_trainable(model, optimizer)
+        self.selections = []
+        self._profile = None
+        self._probe_loader = _probe_loader(kwargs.get("train_dataloader"), args.per_device_train_batch_size, self.seed)
+        self._probe_iter = None
+        self._select(state, model, optimizer)
+
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """Re-select every `interval_steps` optimizer steps (not again at the step training began on)."""
+        if self.interval_steps is None or state.global_step == self._last_selection_step:
+            return
+        if state.global_step % self.interval_steps == 0:
+            self._select(state, kwargs["model"], _unwrap(kwargs["optimizer"]))
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Add the selection in effect to the Trainer's log entry."""
+        if not self.selections or logs is None:
+            return
+        current = self.selections[-1]
+        extra = {
+            "green_predicted_ratio": current["predicted_ratio"],
+            "green_trainable_tensors": len(current["trainable"]),
+        }
+        logs.update(extra)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(extra)
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """Make every parameter trainable again and release the probe loader."""
+        for p in kwargs["model"].parameters():
+            p.requires_grad_(True)
+        self._probe_loader = None
+        self._probe_iter = None
+
+    def _select(self, state: TrainerState, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Profile (once), score, select and apply; record the selection."""
+        batches = self._next_probe_batches(_device_of(model))
+        was_training = model.training
+        model.train()
+        try:
+            if self._profile is None:
+                self._profile = profile_model(model, batches[0])
+            with _base_learning_rates(optimizer):
+                importance = tensor_importance(
+                    model,
+                    batches,
+                    optimizer,
+                    self.metric,
+                    profile=self._profile,
+                    seed=self.seed + len(self.selections),
+                )
+        finally:
+            model.train(was_training)
+        selection = select_tensors(self._profile, importance, self.rho)
+        set_trainable(model, selection.trainable, optimizer)
+        self._last_selection_step = state.global_step
+        self.selections.append(
+            {
+                "step": state.global_step,
+                "epoch": float(state.epoch or 0.0),
+                "rho": selection.rho,
+                "trainable": list(selection.trainable),
+                "predicted_ratio": selection.predicted_ratio,
+                "objective": selection.objective,
+            }
+        )
+        logger.info(
+            "GreenTrainer selection at step %d: training %d of %d tensors, predicted %.3f of full step FLOPs "
+            "(rho=%.3f)",
+            state.global_step,
+            len(selection.trainable),
+            len(self._profile),
+            selection.predicted_ratio,
+            self.rho,
+        )
+
+    def _next_probe_batches(self, device: torch.device) -> list[dict[str, Any]]:
+        """`probe_batches` batches from the private loader, restarting it when it runs out, moved to `device`."""
+        assert self._probe_loader is not None, "on_train_begin builds the probe loader"
+        batches: list[dict[str, Any]] = []
+        restarted = False
+        while len(batches) < self.probe_batches:
+            if self._probe_iter is None:
+                self._probe_iter = iter(self._probe_loader)
+            try:
+                batch = next(self._probe_iter)
+            except StopIteration:
+                if restarted:
+                    raise ValueError("the training dataset yields no batch to probe importance with") from None
+                self._probe_iter, restarted = None, True
+                continue
+            restarted = False
+            batches.append(_to_device(batch, device))
+        return batches
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _unwrap(optimizer: torch.optim.Optimizer | None) -> torch.optim.Optimizer | None:
+    """The torch optimizer inside accelerate's `AcceleratedOptimizer` (or any wrapper with an `.optimizer`)."""
+    while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+def _check_all_trainable(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """GreenTrainer decides what trains: every parameter must require grad and be held by the optimizer."""
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missing = [n for n, p in model.named_parameters() if id(p) not in held]
+    if missing:
+        raise ValueError(
+            f"the Trainer's optimizer does not hold {len(missing)} parameters (e.g. {missing[:3]}); "
+            "GreenTrainerCallback freezes tensors itself, so leave every parameter trainable when creating the Trainer"
+        )
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    if frozen:
+        raise ValueError(
+            f"{len(frozen)} parameters do not require grad (e.g. {frozen[:3]}); GreenTrainerCallback decides which "
+            "tensors train, so unfreeze every parameter before training"
+        )
+
+
+def _probe_loader(dataloader: Any, batch_size: int, seed: int) -> DataLoader:
+    """A loader over the same dataset and collator as the Trainer's, with its own seeded shuffling."""
+    if not isinstance(dataloader, DataLoader):
+        raise ValueError(
+            f"GreenTrainerCallback draws probe batches from the Trainer's train DataLoader, got {type(dataloader)!r}"
+        )
+    dataset = dataloader.dataset
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=not isinstance(dataset, IterableDataset),
+        collate_fn=dataloader.collate_fn,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    if not isinstance(batch, Mapping):
+        raise ValueError(f"probe batches must be dicts of model inputs (with labels), got {type(batch).__name__}")
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+@contextlib.contextmanager
+def _base_learning_rates(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Temporarily set each param group's lr to its schedule's base lr (`initial_lr`) where it has one."""
+    saved = [group["lr"] for group in optimizer.param_groups]
+    try:
+        for group in optimizer.param_groups:
+            group["lr"] = group.get("initial_lr", group["lr"])
+        yield
+    finally:
+        for group, lr in zip(optimizer.param_groups, saved):
+            group["lr"] = lr

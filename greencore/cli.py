@@ -1,0 +1,273 @@
+"""The `greencore` command: profile, select, train, compare, app.
+
+Every subcommand composes library calls; bad arguments end with exit status 2 and one line saying what to fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + message
+        self.exit(2, f"greencore: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _common_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="minilm", help="built-in name, hub id or local path (default: minilm)")
+    p.add_argument("--dataset", default="stdlib-tldr", help="stdlib-tldr, scitldr, dialogsum, or a .jsonl/.csv path")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="greencore", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("profile", help="per-tensor FLOPs of one training step, in backprop order")
+    _common_model(p)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--json", type=Path, help="also write names, t_fp, t_dy, t_dw and layout here")
+
+    p = sub.add_parser("select", help="choose the tensors to train at a FLOPs budget rho")
+    _common_model(p)
+    p.add_argument("--rho", type=float, required=True, help="step FLOPs as a fraction of full fine-tuning, in (0, 1]")
+    p.add_argument("--metric", default="taylor")
+    p.add_argument("--probe-batches", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--json", type=Path, help="also write the selection here")
+
+    for name, help_text in (("train", "fine-tune with one scheme"), ("compare", "run several schemes on the same data")):
+        p = sub.add_parser(name, help=help_text)
+        _common_model(p)
+        if name == "train":
+            p.add_argument("--scheme", default="green", help="full, green, random, lora, prefix, bitfit, layernorm, top-k")
+            p.add_argument("--resume", type=Path, help="continue the interrupted run in this directory")
+        else:
+            p.add_argument("--schemes", default="full,green:0.5,green:0.7,lora,top-k:2,random:0.5",
+                           help="comma-separated, e.g. full,green:0.5,lora,top-k:2,random:0.5")
+        p.add_argument("--out", type=Path, help="run directory (compare: one sub-directory per scheme)")
+        p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+        p.add_argument("--rho", type=float, default=0.5)
+        p.add_argument("--interval", type=int, default=1, help="re-select every N epochs (or steps)")
+        p.add_argument("--interval-unit", choices=["epoch", "step"], default="epoch")
+        p.add_argument("--probe-batches", type=int, default=2)
+        p.add_argument("--metric", default="taylor")
+        p.add_argument("--k", type=int, default=2, help="blocks for top-k")
+        p.add_argument("--epochs", type=int, default=1)
+        p.add_argument("--max-steps", type=int)
+        p.add_argument("--batch-size", type=int, default=8)
+        p.add_argument("--lr", type=float, default=1e-4)
+        p.add_argument("--max-source-tokens", type=int, default=128)
+        p.add_argument("--max-target-tokens", type=int, default=32)
+        p.add_argument("--max-train-examples", type=int)
+        p.add_argument("--max-eval-examples", type=int, default=100)
+        p.add_argument("--num-beams", type=int, default=2)
+        p.add_argument("--no-rouge", action="store_true", help="skip generation and ROUGE at the end")
+        p.add_argument("--source-field")
+        p.add_argument("--target-field")
+    p = sub.add_parser("app", help="launch the Gradio app (offline default: minilm on stdlib-tldr)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true", help="also create a public gradio.live link (off by default)")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where the app's runs are written and read")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    try:
+        return _COMMANDS[args.command](args)
+    except ValueError as err:
+        print(f"greencore: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _loaded(args):
+    from .data import sample_batches
+    from .models import load_model
+
+    model, tokenizer = load_model(args.model, seed=args.seed, device=args.device)
+    model.train()
+    count = getattr(args, "probe_batches", 1)
+    batches = sample_batches(tokenizer, args.dataset, is_encoder_decoder=bool(model.config.is_encoder_decoder),
+                             batch_size=args.batch_size, seq_len=args.seq_len, count=count, seed=args.seed)
+    device = next(model.parameters()).device
+    return model, [{k: v.to(device) for k, v in b.items()} for b in batches]
+
+
+def _profile(args) -> int:
+    from .plots import format_flops
+    from .profile import profile_model
+
+    model, batches = _loaded(args)
+    profile = profile_model(model, batches[0])
+    rows = [(n, lay.stack if lay.stack != "none" else "", "" if lay.block is None else str(lay.block), lay.type,
+             format_flops(dw), format_flops(dy)) for n, lay, dw, dy in
+            zip(profile.names, profile.layout, profile.t_dw, profile.t_dy)]
+    _print_table(("tensor (backprop order)", "stack", "block", "type", "t_dw", "t_dy"), rows)
+    print(f"\n{len(profile)} tensors; forward {format_flops(profile.t_fp)}, activation gradients "
+          f"{format_flops(profile.t_dy.sum())}, weight gradients {format_flops(profile.t_dw.sum())}, "
+          f"full step {format_flops(profile.full_flops)}; smallest feasible rho {profile.min_rho:.3f}")
+    if args.json:
+        _write_json(args.json, {"model": args.model, "batch_size": args.batch_size, "seq_len": args.seq_len,
+                                **profile.to_dict()})
+    return 0
+
+
+def _select(args) -> int:
+    from .flops import measure_training_flops
+    from .importance import tensor_importance
+    from .plots import format_flops
+    from .profile import profile_model
+    from .select import select_tensors
+
+    if not 0 < args.rho <= 1:
+        raise ValueError(f"--rho {args.rho} must be in (0, 1]")
+    model, batches = _loaded(args)
+    profile = profile_model(model, batches[0])
+    importance = tensor_importance(model, batches, metric=args.metric, profile=profile, seed=args.seed)
+    selection = select_tensors(profile, importance, args.rho)
+    measured = measure_training_flops(model, batches[0], selection.trainable)["total"]
+    full = measure_training_flops(model, batches[0], profile.names)["total"]
+    rows = [(n, str(profile.layout[i].block if profile.layout[i].block is not None else ""),
+             profile.layout[i].type, f"{importance[i]:.3g}", format_flops(profile.t_dw[i]))
+            for i, n in enumerate(profile.names) if selection.mask[i]]
+    _print_table(("selected tensor", "block", "type", "importance", "t_dw"), rows)
+    print(f"\n{len(selection.trainable)} of {len(profile)} tensors at rho={args.rho}: predicted step FLOPs "
+          f"{selection.predicted_ratio:.3f} of full fine-tuning, measured {measured / full:.3f} "
+          f"({format_flops(measured)} of {format_flops(full)})")
+    if args.json:
+        _write_json(args.json, {"model": args.model, **selection.to_dict(), "measured_ratio": measured / full,
+                                "importance": importance.tolist(), "names": profile.names})
+    return 0
+
+
+def _config(args, scheme: str):
+    from .engine import TrainConfig
+
+    return TrainConfig(
+        model=args.model, dataset=args.dataset, scheme=scheme, rho=args.rho, interval=args.interval,
+        interval_unit=args.interval_unit, probe_batches=args.probe_batches, metric=args.metric, k=args.k,
+        epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
+        max_source_tokens=args.max_source_tokens, max_target_tokens=args.max_target_tokens,
+        max_train_examples=args.max_train_examples, max_eval_examples=args.max_eval_examples,
+        num_beams=args.num_beams, eval_rouge=not args.no_rouge, seed=args.seed, device=args.device,
+        source_field=args.source_field, target_field=args.target_field)
+
+
+def _drive(run, desc: str) -> dict:
+    """Run with a progress bar; the first Ctrl-C stops cleanly after the step (checkpoint + summary)."""
+    from tqdm import tqdm
+
+    previous = signal.signal(signal.SIGINT, lambda *_: run.stop("interrupted"))
+    bar = tqdm(desc=desc, unit="step", dynamic_ncols=True)
+    try:
+        for event in run.events():
+            if event["type"] == "train":
+                bar.total = event["total_steps"]
+                bar.update(event["step"] - bar.n)
+                bar.set_postfix(loss=f"{event['loss']:.3f}", flops=f"{event['flops'] / max(event['flops_full'], 1):.2f}")
+            elif event["type"] == "selection":
+                bar.write(f"selection {event['index']}: {event['trainable_tensors']} tensors, predicted ratio "
+                          f"{event['predicted_ratio']:.3f}")
+    finally:
+        bar.close()
+        signal.signal(signal.SIGINT, previous)
+    return run.summary
+
+
+def _train(args) -> int:
+    from .engine import Run
+
+    if args.resume:
+        run = Run.resume(args.resume)
+    else:
+        if args.out is None:
+            raise ValueError("--out DIR is required: the run's records and checkpoints go there")
+        run = Run(_config(args, args.scheme), args.out, overwrite=args.overwrite)
+    summary = _drive(run, run.config.name)
+    _print_summaries([summary])
+    if summary.get("status") == "interrupted":
+        print(f"interrupted: continue with `greencore train --resume {run.out}`", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _compare(args) -> int:
+    from .engine import Run
+    from .plots import comparison_rows
+    from .records import write_json_atomic
+
+    if args.out is None:
+        raise ValueError("--out DIR is required: each scheme's run goes into a sub-directory of it")
+    schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]
+    if not schemes:
+        raise ValueError("--schemes is empty: list schemes like full,green:0.5,lora")
+    runs = [Run(_config(args, s), args.out / s.replace(":", "-"), overwrite=args.overwrite) for s in schemes]
+    summaries = []
+    for run in runs:
+        summaries.append(_drive(run, run.config.name))
+        if summaries[-1].get("status") == "interrupted":
+            break
+    _print_summaries(summaries)
+    rows = comparison_rows(summaries)
+    write_json_atomic(args.out / "comparison.json", {"summaries": summaries, "rows": rows})
+    (args.out / "comparison.md").write_text(_markdown(rows))
+    return 0
+
+
+def _app(args) -> int:
+    from app.main import launch
+
+    launch(host=args.host, port=args.port, share=args.share, runs_dir=args.runs_dir)
+    return 0
+
+
+def _print_summaries(summaries: list[dict]) -> None:
+    from .plots import comparison_rows
+
+    rows = comparison_rows(summaries)
+    if rows:
+        print()
+        _print_table(tuple(rows[0]), [tuple(str(v) for v in r.values()) for r in rows])
+
+
+def _markdown(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    head = list(rows[0])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(r[h]) for h in head) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _print_table(head: tuple, rows: list[tuple]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    for row in (head, *rows):
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    from .records import write_json_atomic
+
+    write_json_atomic(path, payload)
+    print(f"wrote {path}")
+
+
+_COMMANDS = {"profile": _profile, "select": _select, "train": _train, "compare": _compare, "app": _app}
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,156 @@
+"""The training engine on tiny models: records, honest FLOPs, schemes, resume, and bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from greencore.engine import Run, TrainConfig, TrainingError, train
+from greencore.records import checkpoints, load_run
+from greencore.trainable import set_trainable
+
+
+def config(**kw) -> TrainConfig:
+    base = dict(model="tiny-gpt2", scheme="green:0.5", epochs=1, max_train_examples=48, max_eval_examples=8,
+                batch_size=8, max_source_tokens=48, max_target_tokens=24, eval_rouge=False, lr=1e-3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_green_run_records_and_flops(tmp_path):
+    summary = train(config(epochs=2), tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    assert run.config["scheme"] == "green:0.5"
+    train_rows = [m for m in run.metrics if m["type"] == "train"]
+    assert [m["step"] for m in train_rows] == list(range(1, summary["steps"] + 1))
+    assert summary["steps"] == 2 * (summary["train_examples"] // 8)
+    assert len(run.selections) == 2 == summary["selections"]  # one per epoch
+    for sel in run.selections:
+        assert sel["predicted_ratio"] <= 0.5 + 1e-9 and any(sel["mask"])
+    # FLOPs: measured training steps stay close to the predicted ratio (the profile's batch shape differs a little)
+    assert summary["flops_ratio_training"] == pytest.approx(run.selections[0]["predicted_ratio"], abs=0.03)
+    assert summary["flops_total"] == pytest.approx(summary["flops_training"] + summary["flops_selection"])
+    assert summary["flops_selection"] == pytest.approx(
+        sum(s["flops_overhead"] for s in run.selections) + summary["flops_selection"] - sum(
+            s["flops_overhead"] for s in run.selections))
+    assert train_rows[-1]["flops"] == pytest.approx(summary["flops_total"])
+    assert summary["flops_ratio"] == pytest.approx(summary["flops_total"] / summary["flops_full_equivalent"])
+    for key in ("scheme", "rho", "steps", "flops_total", "flops_full_equivalent", "flops_ratio",
+                "flops_ratio_training", "rouge1", "rouge2", "rougeL", "wall_seconds", "peak_memory_bytes",
+                "trainable_params"):
+        assert key in summary
+    assert [c.name for c in checkpoints(tmp_path / "run")] == ["epoch-1", "epoch-2"]
+    evals = [m for m in run.metrics if m["type"] == "eval"]
+    assert [e["epoch"] for e in evals] == [1, 2]
+
+
+def test_full_scheme_training_flops_equal_the_full_equivalent(tmp_path):
+    summary = train(config(scheme="full", max_steps=3), tmp_path / "full")
+    # the same steps measured two ways: during training, and by measure_training_flops with every tensor trainable
+    assert summary["flops_training"] == summary["flops_full_equivalent"]
+    assert summary["flops_selection"] == 0 and summary["flops_ratio"] == 1.0
+    assert summary["trainable_params"] == summary["total_params"]
+
+
+def _weights(path):
+    return load_file(str(path / "model.safetensors"))
+
+
+@pytest.mark.parametrize("scheme,expect", [
+    ("layernorm", lambda n: ".ln_" in n),
+    ("bitfit", lambda n: n.endswith(".bias")),
+    ("top-k:1", lambda n: n.startswith("transformer.h.3.") or n.startswith("transformer.ln_f.")),
+])
+def test_static_schemes_train_exactly_their_tensors(tmp_path, scheme, expect):
+    from greencore.models import load_model
+
+    initial = {n: p.detach().clone() for n, p in load_model("tiny-gpt2")[0].state_dict().items()}
+    train(config(scheme=scheme, max_steps=3), tmp_path / "r")
+    final = _weights(checkpoints(tmp_path / "r")[-1])
+    for name, value in final.items():
+        changed = not torch.equal(value, initial[name])
+        assert changed == expect(name), name
+
+
+def test_lora_trains_adapters_only_and_counts_full_fine_tuning_on_the_base(tmp_path):
+    summary = train(config(scheme="lora", max_steps=2), tmp_path / "lora")
+    assert 0 < summary["trainable_params"] < 0.1 * summary["total_params"]
+    # LoRA still pays the activation gradient through the whole network: well above the forward-only third
+    assert 0.34 < summary["flops_ratio_training"] < 0.8
+
+
+def test_random_scheme_uses_the_same_budget(tmp_path):
+    summary = train(config(scheme="random:0.5", max_steps=2), tmp_path / "rnd")
+    run = load_run(tmp_path / "rnd")
+    assert run.selections[0]["metric"] == "random"
+    assert summary["flops_ratio_training"] <= 0.52
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
+    cfg = config(epochs=2, interval=3, interval_unit="step", max_train_examples=40)
+    train(cfg, tmp_path / "whole")
+    run = Run(cfg, tmp_path / "cut")
+    for event in run.events():
+        if event["type"] == "train" and event["step"] == 4:
+            run.stop("interrupted")
+    assert run.summary["status"] == "interrupted"
+    assert json.loads((tmp_path / "cut" / "summary.json").read_text())["status"] == "interrupted"
+    resumed = Run.resume(tmp_path / "cut")
+    for _ in resumed.events():
+        pass
+    assert resumed.summary["status"] == "finished"
+    a, b = load_run(tmp_path / "whole"), load_run(tmp_path / "cut")
+    assert [m["loss"] for m in a.metrics if m["type"] == "train"] == [m["loss"] for m in b.metrics if m["type"] == "train"]
+    assert [s["mask"] for s in a.selections] == [s["mask"] for s in b.selections]
+    wa, wb = _weights(checkpoints(tmp_path / "whole")[-1]), _weights(checkpoints(tmp_path / "cut")[-1])
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert resumed.summary["flops_total"] == pytest.approx(a.summary["flops_total"])
+
+
+def test_frozen_tensors_hold_no_grad_and_no_optimizer_state():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 1))
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    set_trainable(model, ["1.weight"], opt)
+    first = dict(model.named_parameters())
+    assert [n for n, p in first.items() if p.requires_grad] == ["1.weight"]
+    assert first["0.weight"].grad is None and first["0.weight"] not in opt.state
+    assert first["1.weight"] in opt.state
+    set_trainable(model, ["0.weight", "1.weight"], opt)
+    assert first["0.weight"] not in opt.state  # re-selected: starts from a clean state
+    with pytest.raises(ValueError, match="not parameters"):
+        set_trainable(model, ["nope"], opt)
+
+
+def test_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="unknown scheme"):
+        config(scheme="magic")
+    with pytest.raises(ValueError, match="feasible minimum"):
+        train(config(scheme="green:0.2"), tmp_path / "low")
+    with pytest.raises(ValueError, match="no bias"):
+        train(config(model="tiny-llama", scheme="bitfit"), tmp_path / "bitfit")
+    (tmp_path / "taken").mkdir()
+    train(config(scheme="full", max_steps=1), tmp_path / "taken")
+    with pytest.raises(ValueError, match="already holds a run"):
+        Run(config(scheme="full"), tmp_path / "taken")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(ValueError):
+        train(config(dataset=str(empty)), tmp_path / "empty")
+    bad = tmp_path / "fields.jsonl"
+    bad.write_text("\n".join(json.dumps({"text": f"t {i}", "summary": "s"}) for i in range(20)))
+    with pytest.raises(ValueError, match="text"):
+        train(config(dataset=str(bad)), tmp_path / "fields")
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path):
+    cfg = config(scheme="full", epochs=3, lr=1e6, max_grad_norm=0.0)
+    with pytest.raises(TrainingError, match="loss became"):
+        train(cfg, tmp_path / "nan")
+    summary = json.loads((tmp_path / "nan" / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    for ckpt in checkpoints(tmp_path / "nan"):
+        assert all(torch.isfinite(t).all() for t in _weights(ckpt).values())
