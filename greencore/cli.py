@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except ValueError as err:
-        print(f"greencore: error: {err}", file=sys.stderr)
+        print("greencore: error: " + " ".join(str(err).split()), file=sys.stderr)
         return 2
 
 
