@@ -32,9 +32,9 @@ def test_green_run_records_and_flops(tmp_path):
     # FLOPs: measured training steps stay close to the predicted ratio (the profile's batch shape differs a little)
     assert summary["flops_ratio_training"] == pytest.approx(run.selections[0]["predicted_ratio"], abs=0.03)
     assert summary["flops_total"] == pytest.approx(summary["flops_training"] + summary["flops_selection"])
-    assert summary["flops_selection"] == pytest.approx(
-        sum(s["flops_overhead"] for s in run.selections) + summary["flops_selection"] - sum(
-            s["flops_overhead"] for s in run.selections))
+    # selection overhead = the probe passes of every selection + the one profiling forward pass
+    probes = sum(s["flops_overhead"] for s in run.selections)
+    assert 0 < summary["flops_selection"] - probes < run.selections[0]["flops_overhead"] / 2
     assert train_rows[-1]["flops"] == pytest.approx(summary["flops_total"])
     assert summary["flops_ratio"] == pytest.approx(summary["flops_total"] / summary["flops_full_equivalent"])
     for key in ("scheme", "rho", "steps", "flops_total", "flops_full_equivalent", "flops_ratio",
