@@ -1,0 +1,383 @@
+"""The app's event handlers: plain functions of plain values, so they are tested without a server.
+
+Every mistake a user can make (unknown model, unreadable data file, invalid or infeasible rho, bad settings) comes
+back as a message, never as an exception; unexpected errors are logged with their traceback and summarised. Figures
+come from `greencore.plots`, profiles and importance from the cache in `greencore.explore`. Session state is passed in
+and returned: the Explore tab keeps its `ExploreSpec`, the Train tab the directories of the runs it started.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import gradio as gr
+import pandas as pd
+
+from greencore import DATASETS, TrainConfig, list_runs, load_run, plots
+from greencore.explore import ExploreSpec, check_dataset, explore, profiled
+from greencore.profile import TensorProfile
+from greencore.records import RunRecord
+
+from . import runs as background
+
+__all__ = [
+    "ExploreView",
+    "SelectionView",
+    "compare_runs",
+    "live_view",
+    "measure_selection",
+    "profile_choice",
+    "run_choices",
+    "selection_view",
+    "start_run",
+    "stop_run",
+    "update_selection",
+]
+
+log = logging.getLogger(__name__)
+
+SKIP = gr.skip()  # "leave this output as it is"
+COMPARE_COLUMNS = ["run", "scheme", "rho", "FLOPs", "savings", "time", "ROUGE-1", "ROUGE-2", "ROUGE-L", "status",
+                   "directory"]
+
+
+class ExploreView(NamedTuple):
+    """What the Explore tab shows for one rho; figures are gr.skip() when an error leaves the last view in place."""
+
+    message: str
+    summary: str
+    heatmap: Any
+    breakdown: Any
+    tradeoff: Any
+    selection: Any
+
+
+class SelectionView(NamedTuple):
+    """The Train tab's view of a run's recorded selections."""
+
+    message: str
+    timeline: Any
+    heatmap: Any
+    index: Any  # a gr.Dropdown update listing the selections
+    signature: Any
+
+
+def _problem(err: Exception) -> str:
+    """A user-facing message: a ValueError's own text (greencore says what to change), else a short summary."""
+    if isinstance(err, ValueError):
+        return f"⚠️ {err}"
+    log.error("unexpected error in the app", exc_info=err)
+    return f"⚠️ Unexpected error ({type(err).__name__}: {err}); the server log has the details."
+
+
+def _whole(value: Any, name: str, *, minimum: int = 1, optional: bool = False) -> int | None:
+    """A whole-number setting from a form field (None or 0 means "not set" when `optional`)."""
+    if optional and (value is None or value == 0):
+        return None
+    if value is None or isinstance(value, bool) or not float(value).is_integer() or value < minimum:
+        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _rho(value: Any) -> float:
+    """rho from a form field, checked to be a number (select_tensors checks its range and feasibility)."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"rho={value!r}: set rho to a fraction of full fine-tuning FLOPs in (0, 1]")
+    return float(value)
+
+
+# ----------------------------------------------------------------------------------------------------------- Explore
+
+
+def profile_choice(
+    current: ExploreSpec | None,
+    model: str,
+    dataset: str,
+    batch_size: float,
+    seq_len: float,
+    metric: str,
+    probe_batches: float,
+    rho: float | None,
+    color_by: str,
+    progress: gr.Progress = gr.Progress(),
+) -> tuple[ExploreSpec | None, ...]:
+    """Profile and score a model choice (cached per choice), then show the selection at `rho`.
+
+    Returns the new session state followed by the `ExploreView` fields; on a bad choice the message says what to
+    change, and the state (`current`) and the figures stay as they were.
+    """
+    try:
+        spec = ExploreSpec(
+            model=(model or "").strip(),
+            dataset=(dataset or "").strip(),
+            batch_size=_whole(batch_size, "batch size"),
+            seq_len=_whole(seq_len, "sequence length"),
+            metric=metric,
+            probe_batches=_whole(probe_batches, "probe batches"),
+        )
+        explore(spec, progress=lambda fraction, message: progress(fraction, desc=message))
+    except Exception as err:
+        return (current, *ExploreView(_problem(err), SKIP, SKIP, SKIP, SKIP, SKIP))
+    return (spec, *update_selection(spec, rho, color_by))
+
+
+def update_selection(spec: ExploreSpec | None, rho: float | None, color_by: str) -> ExploreView:
+    """Re-run only the selector at `rho` on the cached profile and importance, and redraw the three figures."""
+    if spec is None:
+        return ExploreView("Choose a model and data set, then press **Profile**.", "", SKIP, SKIP, SKIP, SKIP)
+    try:
+        ex = explore(spec)
+        selection = ex.select(_rho(rho))
+    except Exception as err:
+        return ExploreView(_problem(err), "", SKIP, SKIP, SKIP, SKIP)
+    profile, importance = ex.profile, ex.importance
+    positive = float(importance[importance > 0].sum())
+    share = selection.objective / positive if positive > 0 else 0.0
+    summary = (
+        f"**{len(selection.trainable)} of {len(profile)} tensors trained** at rho = {rho:.2f}: predicted step FLOPs "
+        f"**{selection.predicted_ratio:.1%}** of full fine-tuning (chain bound {selection.chain_ratio:.1%}), "
+        f"{share:.0%} of the positive importance.  \n"
+        f"{spec.model} at batch {spec.batch_size} x {spec.seq_len} tokens: forward {plots.format_flops(profile.t_fp)}, "
+        f"full step {plots.format_flops(profile.full_flops)}; smallest feasible rho **{profile.min_rho:.3f}**."
+    )
+    heatmap = plots.selection_heatmap(profile, selection.mask, importance, color_by=color_by)
+    return ExploreView(
+        "", summary, heatmap, plots.flops_breakdown(profile, selection.mask), ex.tradeoff(rho), selection.to_dict()
+    )
+
+
+def measure_selection(spec: ExploreSpec | None, rho: float | None) -> str:
+    """The current selection's FLOPs measured with FlopCounterMode on the cached batch, against the prediction."""
+    if spec is None:
+        return "Profile a model first."
+    try:
+        ex = explore(spec)
+        selection = ex.select(_rho(rho))
+        measured = ex.measured_ratio(selection)
+    except Exception as err:
+        return _problem(err)
+    return (
+        f"Measured on the cached batch: {plots.format_flops(measured['measured'])} of "
+        f"{plots.format_flops(measured['full'])} per step = **{measured['ratio']:.1%}** of full fine-tuning "
+        f"(predicted {selection.predicted_ratio:.1%}, rho = {rho:.2f})."
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------- Train
+
+
+def start_run(
+    runs_dir: str | Path,
+    runs: list[str],
+    model: str,
+    dataset: str,
+    scheme: str,
+    rho: float | None,
+    k: float | None,
+    epochs: float,
+    max_steps: float | None,
+    batch_size: float,
+    lr: float,
+    interval: float,
+    interval_unit: str,
+    max_train_examples: float | None,
+    max_eval_examples: float | None,
+    eval_rouge: bool,
+) -> tuple[list[str], str, Any]:
+    """Start a run of `scheme` in the background; returns the session's runs, a message and the run chooser."""
+    try:
+        dataset = (dataset or "").strip()
+        if dataset not in DATASETS:
+            check_dataset(dataset)  # a local file: say now, not from the run's thread, if it cannot be read
+        budgeted = scheme in ("green", "random")
+        config = TrainConfig(
+            model=(model or "").strip(),
+            dataset=dataset,
+            scheme=scheme,
+            rho=rho if budgeted else None,
+            k=_whole(k, "k") if scheme == "top-k" else 2,
+            epochs=_whole(epochs, "epochs"),
+            max_steps=_whole(max_steps, "max steps", optional=True),
+            batch_size=_whole(batch_size, "batch size"),
+            lr=float(lr),
+            interval=_whole(interval, "interval"),
+            interval_unit=interval_unit,
+            max_train_examples=_whole(max_train_examples, "max train examples", optional=True),
+            max_eval_examples=_whole(max_eval_examples, "max eval examples", optional=True),
+            eval_rouge=bool(eval_rouge),
+        )
+        handle = background.start(config, Path(runs_dir))
+    except Exception as err:
+        return runs, _problem(err), SKIP
+    runs = [*runs, str(handle.run.out)]
+    message = f"Started **{handle.run.config.name}** in `{handle.run.out}`."
+    return runs, message, gr.Dropdown(choices=run_choices(runs), value=str(handle.run.out))
+
+
+def stop_run(runs: list[str], chosen: str | None) -> str:
+    """Ask the chosen run of this session to stop after its current step (it keeps a checkpoint)."""
+    handle = background.get(chosen) if chosen in runs else None
+    if handle is None:
+        return "Choose one of the runs started in this session."
+    if not handle.running:
+        return f"{handle.run.config.name} has already ended ({handle.status})."
+    handle.stop()
+    return f"Stopping **{handle.run.config.name}** after its current step; its checkpoint is kept."
+
+
+def run_choices(runs: list[str]) -> list[tuple[str, str]]:
+    """(label, directory) of each run of the session, for a dropdown."""
+    choices = []
+    for path in runs:
+        handle = background.get(path)
+        choices.append((handle.run.config.name if handle else Path(path).name, path))
+    return choices
+
+
+def live_view(runs: list[str], last: Any = None) -> tuple[Any, Any, Any, Any]:
+    """Status table, loss curves and FLOPs progress of the session's runs, re-read from their directories.
+
+    Returns (status html, loss figure, FLOPs figure, signature); the first three are gr.skip() when nothing changed
+    since the call that returned `last`.
+    """
+    records = _records(runs)
+    signature = tuple(
+        (path, _status(path, rec), len(rec.metrics) if rec else 0) for path, rec in zip(runs, records)
+    )
+    if signature == last:
+        return SKIP, SKIP, SKIP, last
+    found = {rec.label: rec.metrics for rec in records if rec is not None}
+    rows = "".join(_status_row(path, rec) for path, rec in zip(runs, records))
+    table = (
+        "<table class='gc-runs'><tr><th>run</th><th>status</th><th>progress</th><th>last loss</th>"
+        f"<th>FLOPs so far (vs full fine-tuning)</th></tr>{rows}</table>"
+        if runs
+        else "<p>No runs started in this session yet.</p>"
+    )
+    return table, plots.loss_curves(found), plots.flops_progress(found), signature
+
+
+def selection_view(
+    runs: list[str], chosen: str | None, index: str | None, color_by: str, last: Any = None
+) -> SelectionView:
+    """The chosen run's re-selection timeline and one selection (`index`, default the latest) as a heatmap.
+
+    Fields are gr.skip() when nothing changed since the call that returned `last`.
+    """
+    record = _records([chosen])[0] if chosen in runs else None
+    selections = record.selections if record else []
+    choices = [(f"#{s['index']} (step {s['step']})", str(s["index"])) for s in selections]
+    if index not in {value for _, value in choices}:
+        index = choices[-1][1] if choices else None
+    signature = (chosen, len(selections), index, color_by)
+    if signature == last:
+        return SelectionView(SKIP, SKIP, SKIP, SKIP, last)
+    dropdown = gr.Dropdown(choices=choices, value=index)
+    if record is None:
+        return SelectionView("Choose a run started in this session.", None, None, dropdown, signature)
+    if not selections:
+        scheme = record.config.get("scheme", "")
+        why = "no selection recorded yet" if scheme in ("green", "random") else f"scheme {scheme} does not re-select"
+        return SelectionView(f"{record.label}: {why}.", None, None, dropdown, signature)
+    try:
+        profile = _run_profile(record)
+        if list(selections[0]["names"]) != profile.names:
+            raise ValueError(f"the tensors of {record.label}'s selections differ from a fresh profile of its model")
+        chosen_sel = next(s for s in selections if str(s["index"]) == index)
+        timeline = plots.selection_timeline(selections, profile.layout)
+        heatmap = plots.selection_heatmap(
+            profile,
+            chosen_sel["mask"],
+            chosen_sel["importance"],
+            color_by=color_by,
+            title=f"Selection #{index} of {record.label} at step {chosen_sel['step']}",
+        )
+    except Exception as err:
+        return SelectionView(_problem(err), plots.selection_timeline(selections), None, dropdown, signature)
+    message = (
+        f"{record.label}: selection #{index} trains {chosen_sel['trainable_tensors']} tensors, predicted step FLOPs "
+        f"{chosen_sel['predicted_ratio']:.1%} of full (FLOPs per tensor from a profile at batch "
+        f"{record.config['batch_size']})."
+    )
+    return SelectionView(message, timeline, heatmap, dropdown, signature)
+
+
+def _records(paths: list[str | None]) -> list[RunRecord | None]:
+    """Each run directory read back, or None while it holds no record yet (the run is still loading)."""
+    records = []
+    for path in paths:
+        try:
+            records.append(load_run(path) if path else None)
+        except ValueError:
+            records.append(None)
+    return records
+
+
+def _status(path: str, record: RunRecord | None) -> str:
+    handle = background.get(path)
+    if handle is not None:
+        return handle.status
+    return (record.summary or {}).get("status", "unknown") if record else "unknown"
+
+
+def _status_row(path: str, record: RunRecord | None) -> str:
+    handle = background.get(path)
+    label = record.label if record else (handle.run.config.name if handle else Path(path).name)
+    status = _status(path, record)
+    if handle is not None and handle.error:
+        status = f"{status}: {handle.error}"
+    train = [r for r in record.metrics if r["type"] == "train"] if record else []
+    if train:
+        last = train[-1]
+        total = last["total_steps"]
+        progress = f"<progress value='{last['step']}' max='{total}'></progress> {last['step']}/{total}"
+        loss = f"{last['loss']:.3f}"
+        spent = (
+            f"{plots.format_flops(last['flops'])} of {plots.format_flops(last['flops_full'])} "
+            f"({last['flops'] / last['flops_full']:.0%})"
+            if last["flops_full"]
+            else plots.format_flops(last["flops"])
+        )
+    else:
+        progress, loss, spent = "<progress></progress> loading", "-", "-"
+    cells = (label, status, None, loss, spent)
+    return "<tr>" + "".join(f"<td>{progress if c is None else html.escape(c)}</td>" for c in cells) + "</tr>"
+
+
+def _run_profile(record: RunRecord) -> TensorProfile:
+    """A profile of the run's model at its batch size and token budget (cached), for per-tensor FLOPs and layout."""
+    c = record.config
+    spec = ExploreSpec(
+        model=c["model"],
+        dataset=c["dataset"],
+        batch_size=c["batch_size"],
+        seq_len=c["max_source_tokens"] + c["max_target_tokens"],
+        probe_batches=1,
+        seed=c["seed"],
+        device=c["device"],
+    )
+    return profiled(spec).profile
+
+
+# ----------------------------------------------------------------------------------------------------------- Compare
+
+
+def compare_runs(runs_dir: str | Path) -> tuple[str, pd.DataFrame, Any]:
+    """Every run with a summary under `runs_dir` (app and CLI runs alike): a table and ROUGE-L against FLOPs."""
+    runs_dir = Path(runs_dir)
+    try:
+        records = [rec for rec in list_runs(runs_dir) if rec.summary is not None]
+        summaries = [rec.summary for rec in records]
+        rows = [
+            {**row, "status": rec.summary.get("status", ""), "directory": str(rec.path.relative_to(runs_dir))}
+            for row, rec in zip(plots.comparison_rows(summaries), records)
+        ]
+        figure = plots.pareto(summaries)
+    except Exception as err:
+        return _problem(err), pd.DataFrame(columns=COMPARE_COLUMNS), None
+    found = f"{len(rows)} run(s) with a summary" if rows else "No finished runs"
+    return f"{found} under `{runs_dir}`.", pd.DataFrame(rows, columns=COMPARE_COLUMNS), figure

@@ -1,0 +1,164 @@
+"""The Gradio app: Explore (profile, importance and selection at any rho), Train (background runs, live) and Compare.
+
+`build_app(runs_dir)` lays out the components and wires them to the plain functions in `app.handlers`; `launch()`
+serves it on this machine only by default, with no share link and no analytics.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from greencore import BUILTIN_MODELS, DATASETS, IMPORTANCE_METRICS
+from greencore.explore import ExploreSpec
+from greencore.plots import COLOR_BY
+from greencore.schemes import SCHEMES
+
+from . import handlers
+
+__all__ = ["LAUNCH_OPTIONS", "build_app", "launch"]
+
+CSS = """
+.gc-runs { width: 100%; border-collapse: collapse; font-size: 0.9em; }
+.gc-runs th, .gc-runs td { text-align: left; padding: 4px 8px; border-bottom: 1px solid #e5e7eb; }
+.gc-runs progress { width: 8em; vertical-align: middle; }
+"""
+THEME = gr.themes.Default(primary_hue="green", font=["system-ui", "sans-serif"], font_mono=["monospace"])
+LAUNCH_OPTIONS: dict[str, Any] = {"theme": THEME, "css": CSS, "ssr_mode": False, "footer_links": ["api"]}
+"""Options every launch uses (tests that serve `build_app()` themselves pass them too)."""
+
+POLL_SECONDS = 1.0
+INTRO = (
+    "# greencore: GreenTrainer\n"
+    "Fine-tune under a FLOPs budget **rho**: train only the tensors whose update helps the loss most, and pay "
+    "backpropagation only down to the deepest of them. **Explore** what a budget buys without training, **Train** "
+    "runs of any scheme in the background, **Compare** finished runs (also those of `greencore train`/`compare`)."
+)
+
+
+def build_app(runs_dir: str | Path = Path("runs"), *, explore_defaults: ExploreSpec = ExploreSpec(),
+              profile_on_load: bool = True) -> gr.Blocks:
+    """The app's Blocks. Runs are written to and read from `runs_dir`; the Explore tab starts from
+    `explore_defaults` (the offline default, minilm on stdlib-tldr) and profiles it when a page opens."""
+    runs_dir = Path(runs_dir)
+    d = explore_defaults
+    with gr.Blocks(title="greencore", analytics_enabled=False) as demo:
+        gr.Markdown(INTRO)
+        spec_state = gr.State(None)
+        runs_state = gr.State([])
+        live_state = gr.State(None)
+        selection_state = gr.State(None)
+
+        with gr.Tab("Explore", id="explore"):
+            with gr.Row():
+                model = gr.Dropdown(list(BUILTIN_MODELS), value=d.model, label="model", allow_custom_value=True,
+                                    info="built-in name, hub id or local path")
+                dataset = gr.Dropdown(list(DATASETS), value=d.dataset, label="data set", allow_custom_value=True,
+                                      info="or the path of a .jsonl/.csv file")
+                metric = gr.Dropdown(list(IMPORTANCE_METRICS), value=d.metric, label="importance metric")
+            with gr.Row():
+                batch_size = gr.Number(d.batch_size, label="batch size", precision=0)
+                seq_len = gr.Number(d.seq_len, label="sequence length", precision=0)
+                probe_batches = gr.Number(d.probe_batches, label="probe batches", precision=0)
+                profile_button = gr.Button("Profile", variant="primary")
+            rho = gr.Slider(0.05, 1.0, value=0.5, step=0.01, label="rho (step FLOPs budget, fraction of full)",
+                            elem_id="rho")
+            explore_message = gr.Markdown(elem_id="explore-message")
+            summary = gr.Markdown(elem_id="explore-summary")
+            with gr.Row():
+                color_by = gr.Radio(list(COLOR_BY), value="selected", label="heatmap colour", scale=2)
+                measure_button = gr.Button("Measure this selection's FLOPs", scale=1)
+                measured = gr.Markdown(elem_id="explore-measured", scale=2)
+            heatmap = gr.Plot(label="per-layer selection", elem_id="explore-heatmap")
+            with gr.Row():
+                breakdown = gr.Plot(label="FLOPs of one step")
+                tradeoff = gr.Plot(label="trade-off against rho")
+            with gr.Accordion("selection as JSON", open=False):
+                selection_json = gr.JSON(label="selection")
+
+        with gr.Tab("Train", id="train"):
+            with gr.Row():
+                train_model = gr.Dropdown(list(BUILTIN_MODELS), value=d.model, label="model", allow_custom_value=True)
+                train_dataset = gr.Dropdown(list(DATASETS), value=d.dataset, label="data set", allow_custom_value=True)
+                scheme = gr.Dropdown(list(SCHEMES), value="green", label="scheme")
+                train_rho = gr.Number(0.5, label="rho (green, random)", step=0.05)
+                k = gr.Number(2, label="k (top-k blocks)", precision=0)
+            with gr.Row():
+                epochs = gr.Number(1, label="epochs", precision=0)
+                max_steps = gr.Number(0, label="max steps (0: all)", precision=0, elem_id="max-steps")
+                lr = gr.Number(1e-4, label="learning rate")
+                interval = gr.Number(1, label="re-select every", precision=0)
+                interval_unit = gr.Radio(["epoch", "step"], value="epoch", label="interval unit")
+            with gr.Row():
+                train_batch = gr.Number(8, label="batch size", precision=0, elem_id="train-batch")
+                max_train = gr.Number(0, label="max train examples (0: all)", precision=0,
+                                      elem_id="max-train")
+                max_eval = gr.Number(100, label="max eval examples (0: all)", precision=0, elem_id="max-eval")
+                eval_rouge = gr.Checkbox(True, label="ROUGE at the end")
+                start_button = gr.Button("Start run", variant="primary", elem_id="start-run")
+            train_message = gr.Markdown(elem_id="train-message")
+            with gr.Row():
+                run_choice = gr.Dropdown([], label="run", scale=3)
+                stop_button = gr.Button("Stop run", variant="stop", scale=1)
+            status = gr.HTML("<p>No runs started in this session yet.</p>", elem_id="train-status")
+            with gr.Row():
+                loss_plot = gr.Plot(label="loss", elem_id="loss-plot")
+                flops_plot = gr.Plot(label="training FLOPs")
+            with gr.Row():
+                selection_index = gr.Dropdown([], label="selection", scale=2)
+                run_color_by = gr.Radio(list(COLOR_BY), value="selected", label="heatmap colour", scale=3)
+            selection_message = gr.Markdown()
+            timeline = gr.Plot(label="re-selections", elem_id="timeline")
+            run_heatmap = gr.Plot(label="one selection, per layer")
+            timer = gr.Timer(POLL_SECONDS)
+
+        with gr.Tab("Compare", id="compare") as compare_tab:
+            with gr.Row():
+                compare_message = gr.Markdown(scale=4)
+                refresh = gr.Button("Refresh", scale=1)
+            table = gr.Dataframe(headers=handlers.COMPARE_COLUMNS, label="runs", interactive=False, wrap=True,
+                                 elem_id="compare-table")
+            pareto = gr.Plot(label="ROUGE-L against training FLOPs", elem_id="pareto")
+
+        # Explore
+        explore_inputs = [spec_state, model, dataset, batch_size, seq_len, metric, probe_batches, rho, color_by]
+        view = [explore_message, summary, heatmap, breakdown, tradeoff, selection_json]
+        profile_button.click(handlers.profile_choice, explore_inputs, [spec_state, *view], api_name="profile")
+        if profile_on_load:
+            demo.load(handlers.profile_choice, explore_inputs, [spec_state, *view], api_visibility="private")
+        select_event = {"fn": handlers.update_selection, "inputs": [spec_state, rho, color_by], "outputs": view,
+                        "trigger_mode": "always_last", "show_progress": "hidden"}
+        rho.change(**select_event, api_name="select")
+        color_by.change(**select_event, api_visibility="private")
+        measure_button.click(handlers.measure_selection, [spec_state, rho], measured, api_name="measure")
+
+        # Train
+        settings = [train_model, train_dataset, scheme, train_rho, k, epochs, max_steps, train_batch, lr, interval,
+                    interval_unit, max_train, max_eval, eval_rouge]
+        start_button.click(partial(handlers.start_run, runs_dir), [runs_state, *settings],
+                           [runs_state, train_message, run_choice], api_name="start_run")
+        stop_button.click(handlers.stop_run, [runs_state, run_choice], train_message, api_name="stop_run")
+        timer.tick(handlers.live_view, [runs_state, live_state], [status, loss_plot, flops_plot, live_state],
+                   api_name="poll", show_progress="hidden")
+        selection_outputs = [selection_message, timeline, run_heatmap, selection_index, selection_state]
+        timer.tick(handlers.selection_view, [runs_state, run_choice, selection_index, run_color_by, selection_state],
+                   selection_outputs, api_visibility="private", show_progress="hidden")
+        for control in (run_choice, selection_index, run_color_by):
+            control.change(handlers.selection_view, [runs_state, run_choice, selection_index, run_color_by],
+                           selection_outputs, api_visibility="private", show_progress="hidden")
+
+        # Compare
+        compare = {"fn": partial(handlers.compare_runs, runs_dir), "outputs": [compare_message, table, pareto]}
+        refresh.click(**compare, api_name="compare")
+        compare_tab.select(**compare, api_visibility="private")
+        demo.load(**compare, api_visibility="private")
+    return demo
+
+
+def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, runs_dir: Path = Path("runs")) -> None:
+    """Serve the app (blocking) on `host`:`port`; `share=True` also opens a public gradio.live link."""
+    demo = build_app(runs_dir)
+    demo.queue().launch(server_name=host, server_port=port, share=share, **LAUNCH_OPTIONS)

@@ -1,0 +1,201 @@
+"""Explore a model's training-step FLOPs and tensor importance before training, cached per choice.
+
+`explore(ExploreSpec(...))` loads the model, samples `probe_batches` batches of exactly `seq_len` tokens, profiles
+one training step on the first batch and scores every tensor on all of them. The result is cached in this process
+(a few entries, least recently used dropped first), so asking for another rho only re-runs the selector:
+
+    >>> ex = explore(ExploreSpec(model="tiny-gpt2"))
+    >>> selection = ex.select(0.5)
+    >>> ex.measured_ratio(selection)["ratio"]   # FlopCounterMode on the cached batch
+
+The profile alone (no importance) is cached one level down by `profiled`, which the app also uses to draw a training
+run's recorded selections with their real per-tensor FLOPs. Cached models are shared by every caller: everything that
+runs them (profiling, importance, measuring) holds one process-wide lock.
+"""
+
+from __future__ import annotations
+
+import csv
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Hashable, TypeVar
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+
+from .data import load_summarization, sample_batches
+from .flops import measure_training_flops
+from .importance import IMPORTANCE_METRICS, tensor_importance
+from .models import load_model
+from .plots import tradeoff_curve
+from .profile import TensorProfile, profile_model
+from .select import Selection, select_tensors
+
+__all__ = [
+    "CACHE_SIZE", "ExploreSpec", "Exploration", "Profiled", "check_dataset", "explore", "profiled",
+]
+
+CACHE_SIZE = 4
+"""Entries kept per cache level; each holds a model, so the bound is what limits memory."""
+
+Progress = Callable[[float, str], None]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ExploreSpec:
+    """One choice to explore: model, data set, probe batch shape, importance metric and number of probe batches."""
+
+    model: str = "minilm"
+    dataset: str = "stdlib-tldr"
+    batch_size: int = 4
+    seq_len: int = 128
+    metric: str = "taylor"
+    probe_batches: int = 2
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.model or not self.model.strip():
+            raise ValueError("model is empty: give a built-in name, a hub id or a local path")
+        if not self.dataset or not self.dataset.strip():
+            raise ValueError("dataset is empty: give stdlib-tldr, a hub preset or the path of a .jsonl/.csv file")
+        for name in ("batch_size", "seq_len", "probe_batches"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a whole number >= 1")
+        if self.metric not in IMPORTANCE_METRICS:
+            raise ValueError(f"metric={self.metric!r}: use one of {', '.join(IMPORTANCE_METRICS)}")
+
+    @property
+    def profile_key(self) -> "ExploreSpec":
+        """The part of the spec the profile depends on (everything but the metric)."""
+        return replace(self, metric="taylor")
+
+
+@dataclass
+class Profiled:
+    """A loaded model with its probe batches and the profile of one training step on the first batch."""
+
+    spec: ExploreSpec
+    model: torch.nn.Module
+    batches: list[dict[str, torch.Tensor]]
+    profile: TensorProfile
+
+
+@dataclass
+class Exploration:
+    """A profiled model with its tensor importance: select at any rho, measure a selection's real FLOPs."""
+
+    spec: ExploreSpec
+    profiled: Profiled
+    importance: np.ndarray
+    _tradeoff: go.Figure | None = field(default=None, repr=False)
+    _full_flops: int | None = field(default=None, repr=False)
+
+    @property
+    def profile(self) -> TensorProfile:
+        """The profile of one training step on the first probe batch."""
+        return self.profiled.profile
+
+    def select(self, rho: float) -> Selection:
+        """The best tensors at `rho` (ValueError below `profile.min_rho`, with that minimum in the message)."""
+        return select_tensors(self.profile, self.importance, rho)
+
+    def tradeoff(self, rho: float | None = None) -> go.Figure:
+        """`plots.tradeoff_curve` with `rho` marked; its 40 selections are computed once per exploration."""
+        if self._tradeoff is None:
+            self._tradeoff = tradeoff_curve(self.profile, self.importance)
+        fig = go.Figure(self._tradeoff)
+        if rho is not None:
+            fig.add_vline(x=rho, line_dash="dash", annotation_text=f"rho = {rho:.2f}")
+        return fig
+
+    def measured_ratio(self, selection: Selection) -> dict[str, float]:
+        """FLOPs of one training step of `selection` and of full fine-tuning, measured on the first probe batch."""
+        model, batch = self.profiled.model, self.profiled.batches[0]
+        with _compute_lock:
+            if self._full_flops is None:
+                self._full_flops = measure_training_flops(model, batch, self.profile.names)["total"]
+            measured = measure_training_flops(model, batch, selection.trainable)["total"]
+        return {"measured": float(measured), "full": float(self._full_flops), "ratio": measured / self._full_flops}
+
+
+_profiles: OrderedDict[Hashable, Profiled] = OrderedDict()
+_explorations: OrderedDict[Hashable, Exploration] = OrderedDict()
+_store_lock = threading.Lock()  # guards the two caches' dicts (held for microseconds)
+_compute_lock = threading.RLock()  # held while a cached model runs
+
+
+def profiled(spec: ExploreSpec, progress: Progress | None = None) -> Profiled:
+    """The model of `spec` loaded in training mode, its probe batches and its profile (cached)."""
+    report = progress or (lambda fraction, message: None)
+
+    def build() -> Profiled:
+        report(0.0, f"loading {spec.model}")
+        model, tokenizer = load_model(spec.model, seed=spec.seed, device=spec.device)
+        model.train()
+        report(0.2, f"sampling {spec.probe_batches} batch(es) of {spec.batch_size} x {spec.seq_len} tokens")
+        try:
+            batches = sample_batches(tokenizer, spec.dataset, is_encoder_decoder=bool(model.config.is_encoder_decoder),
+                                     batch_size=spec.batch_size, seq_len=spec.seq_len, count=spec.probe_batches,
+                                     seed=spec.seed)
+        except _READ_ERRORS as err:
+            raise _unreadable(spec.dataset, err) from err
+        device = next(model.parameters()).device
+        batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+        report(0.3, "profiling one training step")
+        return Profiled(spec.profile_key, model, batches, profile_model(model, batches[0]))
+
+    return _cached(_profiles, spec.profile_key, build)
+
+
+def explore(spec: ExploreSpec, progress: Progress | None = None) -> Exploration:
+    """Profile and importance for `spec`, computed once per spec and cached; `progress(fraction, message)` is
+    called as the steps of a computation start."""
+    report = progress or (lambda fraction, message: None)
+
+    def build() -> Exploration:
+        base = profiled(spec, progress)
+        report(0.6, f"scoring importance ({spec.metric}) on {spec.probe_batches} probe batch(es)")
+        importance = tensor_importance(base.model, base.batches, metric=spec.metric, profile=base.profile,
+                                       seed=spec.seed)
+        report(1.0, "done")
+        return Exploration(spec, base, importance)
+
+    return _cached(_explorations, spec, build)
+
+
+def check_dataset(name: str) -> None:
+    """Load a data set once; ValueError naming it when it cannot be read (missing, not UTF-8, malformed)."""
+    try:
+        load_summarization(name)
+    except _READ_ERRORS as err:
+        raise _unreadable(name, err) from err
+
+
+_READ_ERRORS = (UnicodeDecodeError, csv.Error, OSError)
+
+
+def _unreadable(name: str, err: Exception) -> ValueError:
+    return ValueError(f"could not read data set {name!r} ({type(err).__name__}: {err})")
+
+
+def _cached(store: OrderedDict[Hashable, Any], key: Hashable, build: Callable[[], T]) -> T:
+    """store[key], built under the compute lock on a miss; a hit never waits for another caller's computation."""
+    with _store_lock:
+        if key in store:
+            store.move_to_end(key)
+            return store[key]
+    with _compute_lock:
+        with _store_lock:
+            if key in store:  # built by another caller while we waited
+                return store[key]
+        value = build()
+        with _store_lock:
+            store[key] = value
+            while len(store) > CACHE_SIZE:
+                store.popitem(last=False)
+        return value

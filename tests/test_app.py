@@ -1,0 +1,265 @@
+"""The Gradio app: its handlers called directly, and the served app driven with gradio_client."""
+
+import re
+import socket
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from app import handlers
+from app import runs as background
+from app.main import LAUNCH_OPTIONS, build_app
+from greencore import TrainConfig, select_tensors, train
+from greencore.explore import ExploreSpec, explore
+from greencore.records import checkpoints, load_run
+
+TINY = dict(model="tiny-gpt2", dataset="stdlib-tldr", batch_size=2, seq_len=64, metric="taylor", probe_batches=1)
+TINY_SPEC = ExploreSpec(**TINY)
+# Start-run form values, in the order of handlers.start_run after (runs_dir, runs)
+RUN_FORM = dict(model="tiny-gpt2", dataset="stdlib-tldr", scheme="green", rho=0.5, k=2, epochs=1, max_steps=3,
+                batch_size=4, lr=1e-3, interval=1, interval_unit="epoch", max_train_examples=32,
+                max_eval_examples=8, eval_rouge=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread: the app's runs and handlers share 2 busy cores, where 2 threads each run 3-5x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def profile(rho=0.5, color_by="selected", current=None, **overrides):
+    return handlers.profile_choice(current, *{**TINY, **overrides}.values(), rho, color_by)
+
+
+def skipped(value) -> bool:
+    return value == handlers.SKIP
+
+
+def selected_cells(fig) -> set[str]:
+    """Names of the tensors drawn as selected in a selection heatmap (z == 1), read from the hover text."""
+    trace = fig.data[0]
+    names = set()
+    for z_row, text_row in zip(trace.z, trace.text):
+        for z, text in zip(z_row, text_row):
+            if z == 1:
+                names.add(re.match(r"<b>(.*?)</b>", text).group(1))
+    return names
+
+
+def start(tmp_path, runs=(), **overrides):
+    runs, message, dropdown = handlers.start_run(tmp_path, list(runs), *{**RUN_FORM, **overrides}.values())
+    assert message.startswith("Started"), message
+    return runs, runs[-1]
+
+
+def steps_done(path) -> int:
+    try:
+        return sum(m["type"] == "train" for m in load_run(path).metrics)
+    except ValueError:  # no config.json yet: the run is still loading
+        return 0
+
+
+def wait_for(condition, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+# ----------------------------------------------------------------------------------------------------------- Explore
+
+
+def test_explore_figures_show_exactly_the_selection():
+    spec, *view = profile()
+    assert spec == TINY_SPEC
+    ex = explore(spec)
+    for rho in (0.5, 0.8):
+        view = handlers.update_selection(spec, rho, "selected")
+        expected = select_tensors(ex.profile, ex.importance, rho)
+        assert view.message == ""
+        assert selected_cells(view.heatmap) == set(expected.trainable)
+        assert view.selection["mask"] == expected.mask.tolist()
+        assert f"rho = {rho:.2f}" in view.summary
+        assert view.tradeoff.layout.shapes[0].x0 == rho  # the current rho is marked
+        bar_names = [t.name for t in view.breakdown.data if t.type == "bar"]
+        assert bar_names == ["forward", "activation gradients", "weight gradients", "saved vs full"]
+    for color_by in ("importance", "t_dw", "t_dy"):
+        heat = handlers.update_selection(spec, 0.5, color_by).heatmap.data[0]
+        assert np.nanmax(np.array(heat.z, dtype=float)) > 0
+
+
+def test_explorations_are_cached_and_share_the_profile_across_metrics():
+    ex = explore(TINY_SPEC)
+    assert explore(ExploreSpec(**TINY)) is ex
+    fisher = explore(ExploreSpec(**{**TINY, "metric": "fisher"}))
+    assert fisher.profiled is ex.profiled and not np.allclose(fisher.importance, ex.importance)
+    assert ex.tradeoff(0.5).layout.shapes[0].x0 == 0.5 and not ex.tradeoff().layout.shapes
+
+
+def test_rho_below_the_minimum_and_invalid_rho_give_messages():
+    spec = profile()[0]
+    low = handlers.update_selection(spec, 0.2, "selected")
+    assert "feasible minimum 0.333" in low.message and "choose rho >= 0.334" in low.message
+    assert all(skipped(fig) for fig in (low.heatmap, low.breakdown, low.tradeoff))
+    for rho in (None, 1.5, float("nan")):
+        assert handlers.update_selection(spec, rho, "selected").message.startswith("⚠️")
+    assert "feasible minimum" in handlers.measure_selection(spec, 0.1)
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"model": "no-such-model-xyz"}, "could not load model 'no-such-model-xyz'"),
+        ({"dataset": "/nonexistent/data.jsonl"}, "does not exist"),
+        ({"batch_size": 0}, "batch size must be a whole number"),
+        ({"metric": "bogus"}, "use one of taylor"),
+    ],
+)
+def test_bad_explore_input_gives_a_message(overrides, expected):
+    spec, message, *view = profile(current=TINY_SPEC, **overrides)
+    assert expected in message and message.startswith("⚠️")
+    assert spec == TINY_SPEC and all(skipped(x) for x in view)  # the last good exploration stays in place
+
+
+def test_unreadable_data_file_gives_a_message(tmp_path):
+    data = tmp_path / "broken.jsonl"
+    data.write_bytes(b'{"source": "a"\n\xff\xfe')
+    spec, message, *_ = profile(dataset=str(data))
+    assert spec is None and message.startswith("⚠️ could not read data set") and "broken.jsonl" in message
+    runs, message, _ = handlers.start_run(tmp_path, [], *{**RUN_FORM, "dataset": str(data)}.values())
+    assert runs == [] and message.startswith("⚠️ could not read data set")
+
+
+def test_measured_ratio_matches_the_prediction():
+    spec = profile()[0]
+    text = handlers.measure_selection(spec, 0.6)
+    measured, predicted = (float(x) / 100 for x in re.findall(r"([\d.]+)%", text)[:2])
+    assert measured == pytest.approx(predicted, abs=0.02)
+
+
+# ------------------------------------------------------------------------------------------------------------- Train
+
+
+def test_training_run_through_the_handler_shows_its_curves(tmp_path):
+    runs, path = start(tmp_path)
+    background.get(path).thread.join(120)
+    status, loss, flops, signature = handlers.live_view(runs)
+    assert "finished" in status
+    names = [t.name for t in loss.data]
+    assert any(n.endswith("(train)") for n in names) and any(n.endswith("(validation)") for n in names)
+    assert len(loss.data[0].x) == 3
+    assert {t.name.rsplit("(", 1)[1] for t in flops.data} == {"measured)", "full fine-tuning equivalent)"}
+    # nothing changed: the next poll leaves the figures alone
+    assert all(skipped(x) for x in handlers.live_view(runs, signature)[:3])
+    view = handlers.selection_view(runs, path, None, "selected")
+    assert view.timeline.data and view.heatmap.data
+    selection = load_run(path).selections[0]
+    assert selected_cells(view.heatmap) == {n for n, m in zip(selection["names"], selection["mask"]) if m}
+
+
+def test_stop_ends_a_run_cleanly_with_a_checkpoint(tmp_path):
+    runs, path = start(tmp_path, scheme="full", max_steps=0, max_train_examples=400)
+    wait_for(lambda: steps_done(path) > 0)
+    assert handlers.stop_run(runs, path).startswith("Stopping")
+    background.get(path).thread.join(60)
+    record = load_run(path)
+    assert record.summary["status"] == "stopped"
+    assert record.summary["steps"] < 100
+    assert checkpoints(path)[-1].name == f"step-{record.summary['steps']}"
+    assert "already ended" in handlers.stop_run(runs, path)
+
+
+def test_bad_train_settings_give_messages(tmp_path):
+    for overrides, expected in [
+        ({"rho": 1.5}, "must be in (0, 1]"),
+        ({"scheme": "nonsense"}, "unknown scheme"),
+        ({"dataset": str(tmp_path / "missing.csv")}, "does not exist"),
+        ({"epochs": 0}, "epochs must be a whole number"),
+    ]:
+        runs, message, dropdown = handlers.start_run(tmp_path, [], *{**RUN_FORM, **overrides}.values())
+        assert runs == [] and expected in message and skipped(dropdown)
+    # infeasible rho is found by the run itself: the status table says why it failed
+    runs, path = start(tmp_path, rho=0.2)
+    background.get(path).thread.join(60)
+    assert "feasible minimum" in handlers.live_view(runs)[0]
+
+
+def test_sessions_keep_their_own_explore_state_and_runs(tmp_path):
+    spec_a = profile()[0]
+    spec_b = profile(model="tiny-opt")[0]
+    view_a = handlers.update_selection(spec_a, 0.7, "selected")
+    view_b = handlers.update_selection(spec_b, 0.7, "selected")
+    assert "tiny-gpt2" in view_a.summary and "tiny-opt" in view_b.summary
+    assert handlers.update_selection(spec_a, 0.7, "selected").selection == view_a.selection
+    runs_a, path = start(tmp_path, scheme="full", max_steps=1)
+    runs_b: list[str] = []
+    assert "Choose one of the runs started in this session" in handlers.stop_run(runs_b, path)
+    assert "No runs started" in handlers.live_view(runs_b)[0]
+    background.get(path).thread.join(60)
+
+
+# ----------------------------------------------------------------------------------------------------------- Compare
+
+
+def test_compare_lists_runs_written_by_the_engine(tmp_path):
+    config = dict(model="tiny-gpt2", max_train_examples=32, max_eval_examples=4, batch_size=4, max_steps=2,
+                  num_beams=1)
+    train(TrainConfig(scheme="full", eval_rouge=True, **config), tmp_path / "cli" / "full")
+    train(TrainConfig(scheme="green", rho=0.6, eval_rouge=False, **config), tmp_path / "cli" / "green-0.6")
+    (tmp_path / "not-a-run").mkdir()
+    message, table, pareto = handlers.compare_runs(tmp_path)
+    assert "2 run(s)" in message
+    rows = table.set_index("directory")
+    assert rows.loc["cli/full", "scheme"] == "full" and rows.loc["cli/full", "savings"] == "0.0%"
+    assert rows.loc["cli/green-0.6", "rho"] == "0.6" and rows.loc["cli/green-0.6", "ROUGE-L"] == "-"
+    assert rows.loc["cli/full", "ROUGE-L"] != "-"
+    assert [t.name for t in pareto.data][0] == "full"  # only the scored run is a point
+
+
+def test_compare_of_an_empty_directory(tmp_path):
+    message, table, pareto = handlers.compare_runs(tmp_path / "nothing")
+    assert "No finished runs" in message and table.empty
+    assert list(table.columns) == handlers.COMPARE_COLUMNS
+
+
+# ------------------------------------------------------------------------------------------------- served app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    demo = build_app(tmp_path_factory.mktemp("runs"), explore_defaults=TINY_SPEC, profile_on_load=False)
+    demo.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                        **LAUNCH_OPTIONS)
+    yield demo.local_url
+    demo.close()
+
+
+def test_served_app_selects_per_session(served):
+    from gradio_client import Client
+
+    a = Client(served, verbose=False, analytics_enabled=False)
+    b = Client(served, verbose=False, analytics_enabled=False)
+    message, *_ = a.predict(*TINY.values(), 0.5, "selected", api_name="/profile")
+    assert message == ""
+    b.predict("tiny-opt", *list(TINY.values())[1:], 0.5, "selected", api_name="/profile")
+    message, summary, heatmap, breakdown, tradeoff, selection = a.predict(0.7, "selected", api_name="/select")
+    ex = explore(TINY_SPEC)
+    assert selection["mask"] == select_tensors(ex.profile, ex.importance, 0.7).mask.tolist()
+    assert "tiny-gpt2" in summary
+    assert "tiny-opt" in b.predict(0.7, "selected", api_name="/select")[1]  # b's own state
+    low = a.predict(0.1, "selected", api_name="/select")[0]
+    assert "feasible minimum" in low
+    assert "Measured on the cached batch" in a.predict(0.7, api_name="/measure")
+    fresh = Client(served, verbose=False, analytics_enabled=False)  # a new session has no profile yet
+    assert "press **Profile**" in fresh.predict(0.5, "selected", api_name="/select")[0]
