@@ -288,6 +288,14 @@ def _load_hub(name: str, cache_dir: str | None) -> datasets.DatasetDict:
 
 def _read_records(path: Path) -> list[dict]:
     """The rows of a .csv, .jsonl or .json file (a JSON list of objects, or JSON lines) as dicts."""
+    try:
+        return _parse_records(path)
+    except (UnicodeDecodeError, csv.Error, OSError) as error:
+        raise ValueError(f"could not read data set {str(path)!r} ({type(error).__name__}: {error}); it must be a "
+                         f"readable UTF-8 .jsonl, .json or .csv file") from error
+
+
+def _parse_records(path: Path) -> list[dict]:
     if path.suffix.lower() == ".csv":
         with path.open(newline="", encoding="utf-8") as f:
             return list(csv.DictReader(f))

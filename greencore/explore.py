@@ -15,7 +15,6 @@ runs them (profiling, importance, measuring) holds one process-wide lock.
 
 from __future__ import annotations
 
-import csv
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -138,12 +137,9 @@ def profiled(spec: ExploreSpec, progress: Progress | None = None) -> Profiled:
         model, tokenizer = load_model(spec.model, seed=spec.seed, device=spec.device)
         model.train()
         report(0.2, f"sampling {spec.probe_batches} batch(es) of {spec.batch_size} x {spec.seq_len} tokens")
-        try:
-            batches = sample_batches(tokenizer, spec.dataset, is_encoder_decoder=bool(model.config.is_encoder_decoder),
-                                     batch_size=spec.batch_size, seq_len=spec.seq_len, count=spec.probe_batches,
-                                     seed=spec.seed)
-        except _READ_ERRORS as err:
-            raise _unreadable(spec.dataset, err) from err
+        batches = sample_batches(tokenizer, spec.dataset, is_encoder_decoder=bool(model.config.is_encoder_decoder),
+                                 batch_size=spec.batch_size, seq_len=spec.seq_len, count=spec.probe_batches,
+                                 seed=spec.seed)
         device = next(model.parameters()).device
         batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
         report(0.3, "profiling one training step")
@@ -170,17 +166,7 @@ def explore(spec: ExploreSpec, progress: Progress | None = None) -> Exploration:
 
 def check_dataset(name: str) -> None:
     """Load a data set once; ValueError naming it when it cannot be read (missing, not UTF-8, malformed)."""
-    try:
-        load_summarization(name)
-    except _READ_ERRORS as err:
-        raise _unreadable(name, err) from err
-
-
-_READ_ERRORS = (UnicodeDecodeError, csv.Error, OSError)
-
-
-def _unreadable(name: str, err: Exception) -> ValueError:
-    return ValueError(f"could not read data set {name!r} ({type(err).__name__}: {err})")
+    load_summarization(name)
 
 
 def _cached(store: OrderedDict[Hashable, Any], key: Hashable, build: Callable[[], T]) -> T:
