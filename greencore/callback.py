@@ -18,6 +18,15 @@ Decisions:
 - Selection runs in train mode: the profile must see the ops of a training step, the importance the training loss.
 - When training ends every parameter requires grad again, so the model can be trained or saved like any other; the
   optimizer state dropped for frozen tensors is not restored.
+- Under DDP (`torchrun` / `accelerate launch`, the Trainer's own process group) every rank makes the same selection:
+  each rank draws its own probe batches (a `DistributedSampler` over the training set, seeded), the importance
+  gradients are all-reduced, the profile is made on rank 0's first probe batch on every rank, and the selection is
+  broadcast from rank 0. The Trainer wraps the model in DDP once, before training begins, while every parameter still
+  requires grad; DDP then keeps every parameter in its reducer only with `find_unused_parameters=True` (the Trainer's
+  default for transformers models without activation checkpointing), which is what lets a tensor frozen by one
+  selection and unfrozen by a later one be all-reduced again. Without it (`ddp_find_unused_parameters=False`,
+  activation checkpointing, `ddp_static_graph=True`) the callback refuses to start. The price: DDP searches the
+  autograd graph every step and still all-reduces the frozen tensors' (zero) gradient buckets.
 """
 
 from __future__ import annotations
@@ -28,9 +37,10 @@ import math
 from typing import Any, Iterator, Mapping
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from . import distributed
 from .importance import IMPORTANCE_METRICS, tensor_importance
 from .profile import TensorProfile, profile_model
 from .select import select_tensors
@@ -78,7 +88,9 @@ class GreenTrainerCallback(TrainerCallback):
         self._profile: TensorProfile | None = None
         self._probe_loader: DataLoader | None = None
         self._probe_iter: Iterator | None = None
+        self._probe_epoch = 0
         self._last_selection_step: int | None = None
+        self._dist = distributed.SINGLE
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -90,10 +102,15 @@ class GreenTrainerCallback(TrainerCallback):
                 "GreenTrainerCallback needs the Trainer's model and optimizer; use it with Trainer.train()"
             )
         _check_all_trainable(model, optimizer)
+        self._dist = distributed.current()
+        if self._dist.enabled:
+            _check_ddp_follows_selections(args, model)
         self.selections = []
         self._profile = None
-        self._probe_loader = _probe_loader(kwargs.get("train_dataloader"), args.per_device_train_batch_size, self.seed)
+        self._probe_loader = _probe_loader(kwargs.get("train_dataloader"), args.per_device_train_batch_size, self.seed,
+                                           self._dist)
         self._probe_iter = None
+        self._probe_epoch = 0
         self._select(state, model, optimizer)
 
     def on_step_begin(
@@ -139,21 +156,30 @@ class GreenTrainerCallback(TrainerCallback):
         batches = self._next_probe_batches(_device_of(model))
         was_training = model.training
         model.train()
+        info = self._dist
         try:
             if self._profile is None:
-                self._profile = profile_model(model, batches[0])
+                # under DDP every rank profiles rank 0's first batch, so every rank has the same profile
+                first = batches[0] if not info.enabled else _to_device(
+                    distributed.broadcast_object(_to_device(batches[0], torch.device("cpu")), info), _device_of(model))
+                self._profile = profile_model(model, first)
             with _base_learning_rates(optimizer):
-                importance = tensor_importance(
-                    model,
-                    batches,
-                    optimizer,
-                    self.metric,
-                    profile=self._profile,
-                    seed=self.seed + len(self.selections),
-                )
+                if info.enabled:  # gradients all-reduced over every rank's probe batches
+                    importance = distributed.tensor_importance(
+                        model, batches, optimizer, self.metric, profile=self._profile,
+                        seed=self.seed + len(self.selections), info=info)
+                else:
+                    importance = tensor_importance(
+                        model,
+                        batches,
+                        optimizer,
+                        self.metric,
+                        profile=self._profile,
+                        seed=self.seed + len(self.selections),
+                    )
         finally:
             model.train(was_training)
-        selection = select_tensors(self._profile, importance, self.rho)
+        selection = distributed.on_main(lambda: select_tensors(self._profile, importance, self.rho), info)
         set_trainable(model, selection.trainable, optimizer)
         self._last_selection_step = state.global_step
         self.selections.append(
@@ -166,15 +192,16 @@ class GreenTrainerCallback(TrainerCallback):
                 "objective": selection.objective,
             }
         )
-        logger.info(
-            "GreenTrainer selection at step %d: training %d of %d tensors, predicted %.3f of full step FLOPs "
-            "(rho=%.3f)",
-            state.global_step,
-            len(selection.trainable),
-            len(self._profile),
-            selection.predicted_ratio,
-            self.rho,
-        )
+        if info.is_main:
+            logger.info(
+                "GreenTrainer selection at step %d: training %d of %d tensors, predicted %.3f of full step FLOPs "
+                "(rho=%.3f)",
+                state.global_step,
+                len(selection.trainable),
+                len(self._profile),
+                selection.predicted_ratio,
+                self.rho,
+            )
 
     def _next_probe_batches(self, device: torch.device) -> list[dict[str, Any]]:
         """`probe_batches` batches from the private loader, restarting it when it runs out, moved to `device`."""
@@ -190,6 +217,9 @@ class GreenTrainerCallback(TrainerCallback):
                 if restarted:
                     raise ValueError("the training dataset yields no batch to probe importance with") from None
                 self._probe_iter, restarted = None, True
+                self._probe_epoch += 1
+                if isinstance(self._probe_loader.sampler, DistributedSampler):  # a new seeded order, as shuffle gives
+                    self._probe_loader.sampler.set_epoch(self._probe_epoch)
                 continue
             restarted = False
             batches.append(_to_device(batch, device))
@@ -224,13 +254,21 @@ def _check_all_trainable(model: torch.nn.Module, optimizer: torch.optim.Optimize
         )
 
 
-def _probe_loader(dataloader: Any, batch_size: int, seed: int) -> DataLoader:
-    """A loader over the same dataset and collator as the Trainer's, with its own seeded shuffling."""
+def _probe_loader(
+    dataloader: Any, batch_size: int, seed: int, info: distributed.DistInfo = distributed.SINGLE
+) -> DataLoader:
+    """A loader over the same dataset and collator as the Trainer's, with its own seeded shuffling.
+
+    Under DDP each rank draws from its own part of one seeded permutation (`DistributedSampler`).
+    """
     if not isinstance(dataloader, DataLoader):
         raise ValueError(
             f"GreenTrainerCallback draws probe batches from the Trainer's train DataLoader, got {type(dataloader)!r}"
         )
     dataset = dataloader.dataset
+    if info.enabled and not isinstance(dataset, IterableDataset):
+        sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=dataloader.collate_fn)
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -238,6 +276,34 @@ def _probe_loader(dataloader: Any, batch_size: int, seed: int) -> DataLoader:
         collate_fn=dataloader.collate_fn,
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def _check_ddp_follows_selections(args: TrainingArguments, model: torch.nn.Module) -> None:
+    """Under DDP the Trainer's wrapper must keep every parameter in its reducer and tolerate frozen ones.
+
+    Mirrors how `Trainer` chooses DDP's `find_unused_parameters` (the wrapper itself is not passed to callbacks).
+    """
+    find_unused = getattr(args, "ddp_find_unused_parameters", None)
+    if find_unused is None:
+        from transformers import PreTrainedModel
+
+        if isinstance(model, PreTrainedModel):
+            checkpointing = getattr(model, "is_activation_checkpointing", None)
+            if checkpointing is None:
+                checkpointing = getattr(model, "is_gradient_checkpointing", False)
+            checkpointing = bool(checkpointing) or bool(
+                getattr(args, "activation_checkpointing", False) or getattr(args, "gradient_checkpointing", False)
+            )
+            find_unused = not checkpointing
+        else:
+            find_unused = True
+    if not find_unused or getattr(args, "ddp_static_graph", None):
+        raise ValueError(
+            "GreenTrainerCallback changes which tensors require grad during training; under DDP the Trainer's "
+            "wrapper must expect frozen (unused) parameters: pass TrainingArguments(ddp_find_unused_parameters=True"
+            ", ddp_static_graph=False) (with activation checkpointing, also use non-reentrant checkpointing: "
+            "gradient_checkpointing_kwargs={'use_reentrant': False})"
+        )
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:

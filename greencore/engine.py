@@ -8,27 +8,35 @@ pass are added to its total.
 
 Use it as `train(config, out)`, or iterate `Run(config, out).events()` to follow a run as it happens (the app and
 the notebooks do), and call `Run.stop()` from another thread to end it cleanly with a checkpoint.
+
+Under `torchrun` / `accelerate launch` (WORLD_SIZE > 1) every process runs the same `train(config, out)` and the run
+is data-parallel (see `distributed`): `batch_size` stays the global batch, split across the ranks; every rank trains
+the same tensors (importance from all ranks' probe shards, selection broadcast from rank 0, DDP re-wrapped when the
+trainable set changes); rank 0 alone writes the run directory; FLOPs are counted per rank and summed. Every rank's
+`train` returns the same summary.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import random
 import threading
 import time
+import weakref
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
-from transformers import get_linear_schedule_with_warmup
 
+from . import distributed
 from .data import batches, collate, encode_examples, load_summarization, pad_token_id
-from .evaluate import generate_summaries, rouge, validation_loss
 from .flops import flop_counter, measure_training_flops, model_loss, rng_devices
 from .importance import IMPORTANCE_METRICS, tensor_importance
-from .models import load_model, resolve_device
+from .models import load_model
 from .profile import TensorProfile, profile_model
 from .records import RunWriter, checkpoints, load_checkpoint, read_jsonl
 from .schemes import SchemeSpec, parse_scheme, static_trainable, wrap_peft
@@ -142,21 +150,27 @@ class Run:
         self._stop = threading.Event()
         self._stop_reason = "stopped"
         self._resume = _resume
+        self._trainer = lambda: None  # a weak reference to the running trainer, once events() has started
+        self.dist = distributed.setup()
         if not _resume:
-            _claim_directory(self.out, config, overwrite)
+            distributed.on_main(lambda: _claim_directory(self.out, config, overwrite), self.dist)
 
     @classmethod
     def resume(cls, out: str | Path) -> "Run":
         """A run that continues the interrupted run in `out` from its latest checkpoint."""
         out = Path(out)
-        record = out / "config.json"
-        if not record.exists():
-            raise ValueError(f"cannot resume {out}: it holds no run (no config.json)")
-        if not checkpoints(out):
-            raise ValueError(f"cannot resume {out}: it has no checkpoint yet; start it again with --overwrite")
-        import json
 
-        return cls(TrainConfig.from_dict(json.loads(record.read_text())), out, _resume=True)
+        def read() -> dict:
+            record = out / "config.json"
+            if not record.exists():
+                raise ValueError(f"cannot resume {out}: it holds no run (no config.json)")
+            if not checkpoints(out):
+                raise ValueError(f"cannot resume {out}: it has no checkpoint yet; start it again with --overwrite")
+            import json
+
+            return json.loads(record.read_text())
+
+        return cls(TrainConfig.from_dict(distributed.on_main(read, distributed.setup())), out, _resume=True)
 
     def stop(self, reason: str = "stopped") -> None:
         """Ask the run to stop after the current step; it writes a checkpoint and a summary marked `reason`
@@ -194,10 +208,12 @@ class _Trainer:
 
     def __init__(self, handle: Run) -> None:
         self.handle = handle
+        handle._trainer = weakref.ref(self)  # for tests and debugging; does not keep a finished run's model alive
         self.config = config = handle.config
         self.spec = config.spec
-        self.writer = RunWriter(handle.out)
-        self.device = resolve_device(config.device)
+        self.dist = handle.dist
+        self.writer = RunWriter(handle.out) if self.dist.is_main else _NoRecords(handle.out)
+        self.device = distributed.resolve_device(config.device, self.dist)
         _seed_everything(config.seed)
         self.model, self.tokenizer = load_model(config.model, seed=config.seed, device=self.device)
         self.is_enc_dec = bool(self.model.config.is_encoder_decoder)
@@ -208,6 +224,10 @@ class _Trainer:
         self.full_flops: dict[tuple, int] = {}
         self.selection_index = 0
         self.trainable_params = 0
+        self._ddp: torch.nn.Module | None = None  # the DDP wrapper for the current trainable set (distributed only)
+        self._ddp_key: frozenset[str] | None = None
+        if self.dist.enabled:
+            self.counters.update({"ddp_wraps": 0, "ddp_wrap_seconds": 0.0})
         self._prepare_model()
 
     # ------------------------------------------------------------------------------------------------- set-up
@@ -226,6 +246,9 @@ class _Trainer:
                              f"of {c.batch_size}: use more data or a smaller --batch-size")
         if not self.val_rows:
             raise ValueError("the validation split is empty after encoding: use a data set with more examples")
+        if c.batch_size < self.dist.world_size:
+            raise ValueError(f"batch_size={c.batch_size} is the global batch, split across the "
+                             f"{self.dist.world_size} processes: use a batch size of at least {self.dist.world_size}")
         self.eval_data = {split: data[split] for split in ("validation", "test")}
         self.steps_per_epoch = len(self.train_rows) // c.batch_size
         total = self.steps_per_epoch * c.epochs
@@ -259,8 +282,9 @@ class _Trainer:
         params = dict(self.model.named_parameters())
         self.optimizer = torch.optim.AdamW([params[n] for n in self.profile.names], lr=c.lr,
                                            weight_decay=c.weight_decay)
-        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, 0, self.total_steps)
+        self.scheduler = _linear_schedule(self.optimizer, self.total_steps)
         set_trainable(self.model, self.trainable, self.optimizer, candidates=self.profile.names)
+        distributed.broadcast_module(self.model, self.dist)  # every rank starts from rank 0's weights
 
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device) for k, v in batch.items()}
@@ -288,31 +312,61 @@ class _Trainer:
         self.memory = _PeakMemory(self.device)
         with self.memory:
             for epoch in range(start_epoch, c.epochs):
-                order = batches(self.tokenizer, self.train_rows, batch_size=c.batch_size, shuffle=True,
-                                seed=c.seed * 1_000_003 + epoch, drop_last=True)
+                seed = c.seed * 1_000_003 + epoch
+                if self.dist.enabled:
+                    order = self._sharded(distributed.batch_indices(len(self.train_rows), c.batch_size, seed=seed))
+                else:
+                    order = batches(self.tokenizer, self.train_rows, batch_size=c.batch_size, shuffle=True,
+                                    seed=seed, drop_last=True)
                 for index, batch in enumerate(order):
                     if index < skip:
                         continue
                     if self._selection_due(epoch, index, step):
                         yield self._select(epoch, step)
-                    yield self._step(self._to_device(self._bucket(batch)), epoch, index, step)
+                    if self.dist.enabled:
+                        shard, share = batch
+                        yield self._dist_step(self._to_device(self._bucket(shard)), share, epoch, index, step)
+                    else:
+                        yield self._step(self._to_device(self._bucket(batch)), epoch, index, step)
                     step += 1
-                    if self.handle._stop.is_set() or step >= self.total_steps:
+                    if self._stop_requested() or step >= self.total_steps:
                         break
                 skip = 0
                 finished_epoch = index + 1 >= self.steps_per_epoch
-                if self.handle._stop.is_set() and not finished_epoch:
+                if self._stop_requested() and not finished_epoch:
                     yield self._checkpoint(f"step-{step}", epoch, index + 1, step)
                     yield self._finish(self.handle._stop_reason, step)
                     return
                 yield self._evaluate(epoch + 1, step)
                 yield self._checkpoint(f"epoch-{epoch + 1}", epoch + 1, 0, step)
-                if self.handle._stop.is_set():
+                if self._stop_requested():
                     yield self._finish(self.handle._stop_reason, step)
                     return
                 if step >= self.total_steps:
                     break
         yield from self._final(step)
+
+    def _stop_requested(self) -> bool:
+        """Whether to stop; under DDP a collective, true on every rank once any rank was asked to stop."""
+        if not self.dist.enabled:
+            return self.handle._stop.is_set()
+        stop = distributed.any_rank(self.handle._stop.is_set(), self.dist)
+        if stop:  # every rank takes the reason of the lowest rank that was asked to stop
+            asked = self.handle._stop_reason if self.handle._stop.is_set() else None
+            reasons = [r for r in distributed.all_gather_object(asked, self.dist) if r is not None]
+            self.handle._stop_reason = reasons[0]
+            self.handle._stop.set()
+        return stop
+
+    def _sharded(self, groups: list[list[int]]) -> Iterator[tuple[dict, float]]:
+        """For each global batch (row indices): this rank's shard, collated, and its share of the batch's label
+        tokens (the weight of its loss in the global batch's mean)."""
+        rows, enc_dec = self.train_rows, self.is_enc_dec
+        for group in groups:
+            mine = distributed.shard(group, self.dist)
+            total = sum(distributed.label_tokens(rows[i], enc_dec) for i in group)
+            local = sum(distributed.label_tokens(rows[i], enc_dec) for i in mine)
+            yield collate(self.tokenizer, [rows[i] for i in mine]), local / max(total, 1)
 
     def _selection_due(self, epoch: int, index: int, step: int) -> bool:
         if self.spec.name not in ("green", "random"):
@@ -324,24 +378,42 @@ class _Trainer:
     def _select(self, epoch: int, step: int) -> dict:
         c = self.config
         started = time.perf_counter()
-        order = batches(self.tokenizer, self.train_rows, batch_size=c.batch_size, shuffle=True,
-                        seed=c.seed * 7_919 + self.selection_index + 1, drop_last=True)
-        probes = [self._to_device(self._bucket(b)) for _, b in zip(range(c.probe_batches), order)]
+        seed = c.seed * 7_919 + self.selection_index + 1
         metric = "random" if self.spec.name == "random" else c.metric
-        with flop_counter() as counter:
-            importance = tensor_importance(self.model, probes, self.optimizer, metric, profile=self.profile,
-                                           seed=c.seed + self.selection_index)
-        selection = select_tensors(self.profile, importance, self.spec.rho)
+        if self.dist.enabled:
+            # each rank probes its shard of the same global probe batches; their gradients are summed over the
+            # ranks, weighted by label tokens, so the scores are those of the global batches
+            groups = distributed.batch_indices(len(self.train_rows), c.batch_size, seed=seed)[:c.probe_batches]
+            shards = list(self._sharded(groups))
+            probes = [self._to_device(self._bucket(b)) for b, _ in shards]
+            with flop_counter() as counter:
+                importance = distributed.tensor_importance(
+                    self.model, probes, self.optimizer, metric, profile=self.profile,
+                    seed=c.seed + self.selection_index, weights=[share for _, share in shards], info=self.dist)
+            # one selection for all: rank 0's (the ranks computed the same, up to floating-point rounding)
+            selection, importance = distributed.broadcast_object(
+                (select_tensors(self.profile, importance, self.spec.rho), importance), self.dist)
+        else:
+            order = batches(self.tokenizer, self.train_rows, batch_size=c.batch_size, shuffle=True, seed=seed,
+                            drop_last=True)
+            probes = [self._to_device(self._bucket(b)) for _, b in zip(range(c.probe_batches), order)]
+            with flop_counter() as counter:
+                importance = tensor_importance(self.model, probes, self.optimizer, metric, profile=self.profile,
+                                               seed=c.seed + self.selection_index)
+            selection = select_tensors(self.profile, importance, self.spec.rho)
         set_trainable(self.model, selection.trainable, self.optimizer, candidates=self.profile.names)
         self.trainable = selection.trainable
         seconds = time.perf_counter() - started
         self.counters["flops_selection"] += counter.get_total_flops()
         self.counters["selection_seconds"] += seconds
+        overhead = distributed.all_gather_object(counter.get_total_flops(), self.dist)
         row = {"type": "selection", "index": self.selection_index, "step": step, "epoch": epoch, "rho": self.spec.rho,
                "metric": metric, "names": self.profile.names, "mask": selection.mask.tolist(),
                "importance": [float(x) for x in importance], "predicted_ratio": selection.predicted_ratio,
                "objective": selection.objective, "trainable_tensors": len(selection.trainable),
-               "flops_overhead": counter.get_total_flops(), "seconds": seconds}
+               "flops_overhead": sum(overhead), "seconds": seconds}
+        if self.dist.enabled:
+            row["flops_overhead_per_rank"] = overhead
         self.writer.append("selections", row)
         self.selection_index += 1
         return row
@@ -382,6 +454,77 @@ class _Trainer:
         self.writer.append("metrics", row)
         return row
 
+    def _dist_step(self, shard: dict, share: float, epoch: int, index: int, step: int) -> dict:
+        """One step of a distributed run on this rank's shard of the global batch (see `distributed`).
+
+        The local mean loss is scaled by `share * world_size` (`share`: this shard's part of the global batch's label
+        tokens), so DDP's average of the ranks' gradients is the gradient of the global batch's mean loss. One small
+        all-reduce then gives every rank the global loss and FLOPs; a non-finite loss stops every rank before the
+        optimizer step.
+        """
+        c = self.config
+        shape = tuple((k, tuple(v.shape)) for k, v in sorted(shard.items()))
+        key = (tuple(self.trainable), shape)
+        self.model.train()
+        module = self._wrapped()
+        measure = key not in self.step_flops
+        started = time.perf_counter()
+        with flop_counter() if measure else contextlib.nullcontext() as fwd:
+            loss = model_loss(module, shard)
+        with flop_counter() if measure else contextlib.nullcontext() as bwd:
+            (loss * (share * self.dist.world_size)).backward()
+        if measure:
+            self.step_flops[key] = (fwd.get_total_flops(), bwd.get_total_flops())
+        seconds = time.perf_counter() - started
+        if shape not in self.full_flops:
+            with _adapters_disabled(self.model):
+                self.full_flops[shape] = measure_training_flops(self.model, shard, self.full_names)["total"]
+        self.counters["flops_training"] += sum(self.step_flops[key])
+        self.counters["flops_full"] += self.full_flops[shape]
+        started = time.perf_counter()
+        global_loss, flops, flops_full = distributed.all_reduce_sum(
+            [loss.item() * share, self._flops_total(), self.counters["flops_full"]], self.dist)
+        if not math.isfinite(global_loss):
+            last = checkpoints(self.handle.out) if self.dist.is_main else []
+            kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
+            kept = distributed.broadcast_object(kept, self.dist)
+            self._write_summary("failed", step, error=f"loss became {global_loss} at step {step + 1}")
+            raise TrainingError(f"the loss became {global_loss} at step {step + 1} (epoch {epoch + 1}); {kept}. "
+                                f"Lower the learning rate (now {c.lr}) and start again")
+        params = [p for p in self.optimizer.param_groups[0]["params"] if p.grad is not None]
+        if c.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.counters["train_seconds"] += seconds + time.perf_counter() - started
+        self.trainable_params = max(self.trainable_params, _count_params(self.model, self.trainable))
+        row = {"type": "train", "step": step + 1, "epoch": epoch + (index + 1) / self.steps_per_epoch,
+               "loss": global_loss, "lr": lr, "flops": flops, "flops_full": flops_full,
+               "time": self.counters["train_seconds"] + self.counters["selection_seconds"],
+               "total_steps": self.total_steps}
+        self.writer.append("metrics", row)
+        return row
+
+    def _wrapped(self) -> torch.nn.Module:
+        """The model wrapped in a DDP whose reducer covers exactly the tensors trained now.
+
+        DDP all-reduces only the parameters that required grad when it was built, so a tensor unfrozen by a
+        re-selection would silently stay unsynchronised under the old wrapper: the model is re-wrapped whenever the
+        trainable set changes (a few collectives to check parameter shapes; no weights are sent). With a fixed
+        trainable set the wrapper is reused.
+        """
+        key = frozenset(n for n, p in self.model.named_parameters() if p.requires_grad)
+        if self._ddp is None or key != self._ddp_key:
+            started = time.perf_counter()
+            self._ddp = None  # the old wrapper's reducer and its hooks go first
+            self._ddp = distributed.data_parallel(self.model, candidates=self.profile.names, device=self.device)
+            self._ddp_key = key
+            self.counters["ddp_wraps"] += 1
+            self.counters["ddp_wrap_seconds"] += time.perf_counter() - started
+        return self._ddp if self._ddp is not None else self.model
+
     def _forward(self, batch: dict, step: int, epoch: int) -> torch.Tensor:
         loss = model_loss(self.model, batch)
         if not torch.isfinite(loss):
@@ -397,9 +540,19 @@ class _Trainer:
         return self.counters["flops_training"] + self.counters["flops_selection"]
 
     def _evaluate(self, epoch: int, step: int) -> dict:
+        from .evaluate import validation_loss  # imported when needed: rouge-score's nltk costs seconds per process
+
         started = time.perf_counter()
         with torch.random.fork_rng(devices=rng_devices(self.model.parameters())):
-            loss = validation_loss(self.model, self.tokenizer, self.val_rows, batch_size=self.config.batch_size)
+            if self.dist.enabled:  # each rank scores a contiguous part; the token-weighted means are combined
+                part = distributed.chunk(self.val_rows, self.dist)
+                local = validation_loss(self.model, self.tokenizer, part, batch_size=self.config.batch_size) \
+                    if part else 0.0
+                tokens = sum(distributed.label_tokens(r, self.is_enc_dec) for r in part)
+                total, count = distributed.all_reduce_sum([local * tokens, tokens], self.dist)
+                loss = total / max(count, 1)
+            else:
+                loss = validation_loss(self.model, self.tokenizer, self.val_rows, batch_size=self.config.batch_size)
         self.counters["eval_seconds"] += time.perf_counter() - started
         row = {"type": "eval", "split": "validation", "step": step, "epoch": epoch, "loss": loss}
         self.writer.append("metrics", row)
@@ -416,13 +569,46 @@ class _Trainer:
         state = {"global_step": step, "epoch": epoch, "index": index, "trainable": self.trainable,
                  "selection_index": self.selection_index, "counters": self.counters,
                  "trainable_params": self.trainable_params,
-                 "scheduler": self.scheduler.state_dict(), "rng": _rng_state()}
-        path = self.writer.save_checkpoint(name, self.model, tensors, state, self.config.keep_checkpoints)
+                 "scheduler": self.scheduler.state_dict(), "rng": _rng_state(),
+                 # FLOPs already measured: a resumed run must not re-measure them, since a step run under
+                 # FlopCounterMode computes gradients that differ from an unmeasured one in the last bits
+                 "measured": {"step": [[list(names), shape, list(counts)]
+                                       for (names, shape), counts in self.step_flops.items()],
+                              "full": [[shape, total] for shape, total in self.full_flops.items()]}}
+        if not self.dist.enabled:
+            path = self.writer.save_checkpoint(name, self.model, tensors, state, self.config.keep_checkpoints)
+            return {"type": "checkpoint", "step": step, "path": str(path)}
+        # every rank's counters and RNG go into rank 0's checkpoint; the weights must be identical on every rank
+        fingerprints = distributed.all_gather_object(distributed.weights_fingerprint(self.model), self.dist)
+        if len(set(fingerprints)) > 1:
+            raise TrainingError(f"the ranks' weights diverged by step {step} (fingerprints {fingerprints}); this is a "
+                                "bug: report it with the command line")
+        state["world_size"] = self.dist.world_size
+        state["weights_fingerprint"] = fingerprints[0]
+        state["ranks"] = distributed.all_gather_object(
+            {"counters": self.counters, "rng": state["rng"], "measured": state["measured"]}, self.dist)
+        path = distributed.on_main(lambda: self.writer.save_checkpoint(name, self.model, tensors, state,
+                                                                       self.config.keep_checkpoints), self.dist)
         return {"type": "checkpoint", "step": step, "path": str(path)}
 
     def _restore(self) -> tuple[int, int, int]:
-        latest = checkpoints(self.handle.out)[-1]
-        tensors, state = load_checkpoint(latest, self.model)
+        loaded: dict = {}
+
+        def load() -> dict:
+            latest = checkpoints(self.handle.out)[-1]
+            loaded["tensors"], state = load_checkpoint(latest, self.model)
+            trained_on = state.get("world_size", 1)
+            if trained_on != self.dist.world_size:
+                raise ValueError(f"{latest} was written by a run on {trained_on} process(es); resume it on "
+                                 f"{trained_on} (now {self.dist.world_size}): exact resume needs every rank's state")
+            return state
+
+        state = distributed.on_main(load, self.dist)
+        tensors = distributed.broadcast_tensors(loaded.get("tensors"), self.dist)
+        distributed.broadcast_module(self.model, self.dist)  # rank 0 read the weights
+        if self.dist.enabled:
+            own = state["ranks"][self.dist.rank]
+            state = {**state, "counters": own["counters"], "rng": own["rng"], "measured": own["measured"]}
         params = dict(self.model.named_parameters())
         self.trainable = state["trainable"]
         set_trainable(self.model, self.trainable, self.optimizer, candidates=self.profile.names)
@@ -435,6 +621,10 @@ class _Trainer:
         self.selection_index = state["selection_index"]
         self.counters = state["counters"]
         self.trainable_params = state["trainable_params"]
+        measured = state.get("measured", {})
+        self.step_flops = {(tuple(names), _shape_key(shape)): tuple(counts)
+                           for names, shape, counts in measured.get("step", [])}
+        self.full_flops = {_shape_key(shape): total for shape, total in measured.get("full", [])}
         _set_rng_state(state["rng"])
         self.writer.truncate_after(state["global_step"])
         return state["epoch"], state["index"], state["global_step"]
@@ -442,6 +632,8 @@ class _Trainer:
     # ------------------------------------------------------------------------------------------------- the end
 
     def _final(self, step: int) -> Iterator[dict]:
+        from .evaluate import generate_summaries, rouge
+
         c = self.config
         scores: dict[str, float] = {}
         if c.eval_rouge:
@@ -449,9 +641,15 @@ class _Trainer:
             for split, data in self.eval_data.items():
                 if len(data) == 0:
                     continue
-                predictions = generate_summaries(self.model, self.tokenizer, list(data["source"]),
+                sources = list(data["source"])
+                if self.dist.enabled:  # each rank generates for a contiguous part, gathered back in order
+                    sources = distributed.chunk(sources, self.dist)
+                predictions = generate_summaries(self.model, self.tokenizer, sources,
                                                  max_source_tokens=c.max_source_tokens,
-                                                 max_new_tokens=c.max_target_tokens, num_beams=c.num_beams)
+                                                 max_new_tokens=c.max_target_tokens, num_beams=c.num_beams) \
+                    if sources else []
+                if self.dist.enabled:
+                    predictions = [p for part in distributed.all_gather_object(predictions, self.dist) for p in part]
                 result = rouge(predictions, list(data["target"]))
                 scores.update({f"{split}_{k}": v for k, v in result.items()})
                 if split == "test":
@@ -471,33 +669,110 @@ class _Trainer:
         return {"type": "done", "status": status, "step": step, "summary": self.summary}
 
     def _write_summary(self, status: str, step: int, **extra: Any) -> None:
+        """Write the summary (rank 0) and keep it in `self.summary` (every rank); under DDP a collective.
+
+        FLOPs are summed over the ranks (`flops_total` is what all processes spent; `flops_per_rank` and
+        `flops_ratio_per_rank` break it down); times and peak memory are the largest of any rank.
+        """
         counters = self.counters
+        mine = {"flops_training": counters["flops_training"], "flops_selection": counters["flops_selection"],
+                "flops_full": counters["flops_full"],
+                "wall_seconds": counters["train_seconds"] + counters["selection_seconds"],
+                "selection_seconds": counters["selection_seconds"], "eval_seconds": counters["eval_seconds"],
+                "peak_memory_bytes": getattr(getattr(self, "memory", None), "peak", None),
+                "ddp_wraps": counters.get("ddp_wraps"), "ddp_wrap_seconds": counters.get("ddp_wrap_seconds")}
+        ranks = distributed.all_gather_object(mine, self.dist)
+        self.summary = distributed.on_main(lambda: self._build_summary(status, step, ranks, extra), self.dist)
+
+    def _build_summary(self, status: str, step: int, ranks: list[dict], extra: dict) -> dict:
         evals = [r for r in read_jsonl(self.handle.out / "metrics.jsonl") if r["type"] == "eval"
                  and r["split"] == "validation" and "loss" in r]
-        full = counters["flops_full"]
-        self.summary = {
+        per_rank = [r["flops_training"] + r["flops_selection"] for r in ranks]
+        training = sum(r["flops_training"] for r in ranks)
+        selection = sum(r["flops_selection"] for r in ranks)
+        full = sum(r["flops_full"] for r in ranks)
+        total = training + selection
+        peaks = [r["peak_memory_bytes"] for r in ranks if r["peak_memory_bytes"] is not None]
+        summary = {
             "label": self.config.name, "scheme": self.spec.name, "rho": self.spec.rho, "k": self.spec.k,
             "model": self.config.model, "dataset": self.config.dataset, "status": status, "steps": step,
-            "flops_total": self._flops_total(), "flops_training": counters["flops_training"],
-            "flops_selection": counters["flops_selection"], "flops_full_equivalent": full,
-            "flops_ratio": self._flops_total() / full if full else None,
-            "flops_ratio_training": counters["flops_training"] / full if full else None,
+            "flops_total": total, "flops_training": training,
+            "flops_selection": selection, "flops_full_equivalent": full,
+            "flops_ratio": total / full if full else None,
+            "flops_ratio_training": training / full if full else None,
             "rouge1": None, "rouge2": None, "rougeL": None, "rougeLsum": None,
             "val_loss": evals[-1]["loss"] if evals else None,
-            "wall_seconds": counters["train_seconds"] + counters["selection_seconds"],
-            "selection_seconds": counters["selection_seconds"], "eval_seconds": counters["eval_seconds"],
-            "peak_memory_bytes": getattr(getattr(self, "memory", None), "peak", None),
+            "wall_seconds": max(r["wall_seconds"] for r in ranks),
+            "selection_seconds": max(r["selection_seconds"] for r in ranks),
+            "eval_seconds": max(r["eval_seconds"] for r in ranks),
+            "peak_memory_bytes": max(peaks) if peaks else None,
             "trainable_params": self.trainable_params,
             "total_params": sum(p.numel() for p in self.model.parameters()),
             "train_examples": len(self.train_rows), "truncated_sources": self.truncated,
-            "selections": self.selection_index, **extra,
+            "selections": self.selection_index,
+            "world_size": self.dist.world_size, "flops_per_rank": per_rank,
+            "flops_ratio_per_rank": [f / r["flops_full"] if r["flops_full"] else None for f, r in zip(per_rank, ranks)],
+            **extra,
         }
-        self.writer.write_summary(self.summary)
+        if self.dist.enabled:
+            summary["distributed"] = {
+                "backend": self.dist.backend, "world_size": self.dist.world_size,
+                "global_batch": self.config.batch_size,
+                "rank_batches": [len(range(r, self.config.batch_size, self.dist.world_size))
+                                 for r in range(self.dist.world_size)],
+                "flops_training_per_rank": [r["flops_training"] for r in ranks],
+                "flops_selection_per_rank": [r["flops_selection"] for r in ranks],
+                "flops_full_per_rank": [r["flops_full"] for r in ranks],
+                "wall_seconds_per_rank": [r["wall_seconds"] for r in ranks],
+                "peak_memory_bytes_per_rank": [r["peak_memory_bytes"] for r in ranks],
+                "ddp": "re-wrapped when the trainable set changes (find_unused_parameters=False)",
+                "ddp_wraps": ranks[0]["ddp_wraps"],
+                "ddp_wrap_seconds": max(r["ddp_wrap_seconds"] or 0.0 for r in ranks),
+            }
+        self.writer.write_summary(summary)
+        return summary
+
+
+def _linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """`transformers.get_linear_schedule_with_warmup(optimizer, 0, total_steps)`, the same floats and state dict,
+    without importing transformers' training utilities (they import peft: seconds at the start of every process)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(_linear_decay, total_steps=total_steps))
+
+
+def _linear_decay(step: int, *, total_steps: int) -> float:
+    return max(0.0, float(total_steps - step) / float(max(1, total_steps)))
+
+
+def _shape_key(shape: list) -> tuple:
+    """A batch-shape key read back from JSON: ((name, (dims...)), ...)."""
+    return tuple((name, tuple(dims)) for name, dims in shape)
 
 
 def _count_params(model: torch.nn.Module, names: list[str]) -> int:
     params = dict(model.named_parameters())
     return sum(params[n].numel() for n in names)
+
+
+class _NoRecords:
+    """The run writer of ranks other than 0 under DDP: rank 0 alone writes (and reads) the run directory."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def write_config(self, config: dict) -> None:
+        pass
+
+    def write_summary(self, summary: dict) -> None:
+        pass
+
+    def append(self, kind: str, row: dict) -> None:
+        pass
+
+    def truncate_after(self, step: int) -> None:
+        pass
+
+    def save_checkpoint(self, name: str, *args: Any, **kwargs: Any) -> Path:
+        return self.root / "checkpoints" / name
 
 
 class _adapters_disabled:

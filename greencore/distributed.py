@@ -1,0 +1,471 @@
+"""Distributed data-parallel (DDP) fine-tuning: launcher detection, the process group, data sharding, and the few
+collectives GreenTrainer needs so that every rank trains exactly the same tensors.
+
+A run is distributed when a launcher (`torchrun`, `python -m torch.distributed.run`, `accelerate launch --multi_gpu`)
+starts it with `WORLD_SIZE > 1`; `GREENCORE_DISTRIBUTED=0` turns the detection off (every process then trains on its
+own). `WORLD_SIZE=1` (for example `torchrun --nproc_per_node 1`) is an ordinary single-process run.
+
+Decisions (the engine and the Trainer callback build on them):
+- Process group: created once per process from the launcher's environment (`RANK`, `WORLD_SIZE`, `MASTER_ADDR`,
+  `MASTER_PORT`), with gloo for CPU tensors and, where CUDA is available, nccl for CUDA tensors
+  (`cpu:gloo,cuda:nccl`), and a timeout of `GREENCORE_DIST_TIMEOUT` seconds (default 1800), after which a rank left
+  waiting in a collective fails instead of hanging. A group that already exists (created by the user, accelerate or
+  the Trainer) is used as it is. On a GPU each rank uses `cuda:LOCAL_RANK`.
+- Data (engine): `batch_size` is the *global* batch. Every rank builds the same global batches (same seeded
+  shuffle as a single-process run) and trains on rows `rank, rank + W, ...` of each (DistributedSampler-style). The
+  local loss is weighted by the rank's share of the global batch's label tokens, so the gradient DDP averages is the
+  gradient of the global batch's mean token loss, exactly as one process computes it: a run on W processes is the
+  same experiment as on one, with the same steps, schedule and records.
+- Selection: importance gradients are all-reduced (each rank probes its shard of the probe batches), so every rank
+  scores the same global-batch gradients; the selection is then broadcast from rank 0, so the tensors each rank
+  trains are identical by construction.
+- DDP and changing trainable sets: DDP builds its reducer from the parameters that require grad when it is
+  constructed; a tensor frozen then and unfrozen later would never be all-reduced. The engine therefore re-wraps the
+  model in a new DDP (`data_parallel`) whenever the trainable set changes, with `find_unused_parameters=False`, so each
+  step communicates only the trainable tensors' gradients and pays no per-step graph search. The Trainer callback
+  cannot re-wrap the Trainer's DDP; there the Trainer must use `ddp_find_unused_parameters=True` (its default for
+  transformers models without activation checkpointing), whose reducer holds every parameter from the start.
+- Records: rank 0 alone writes (config, metrics, selections, summary, checkpoints) and reads the run directory; the
+  other ranks never touch it, so it needs no shared file system except for `--resume` on rank 0's machine.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import inspect
+import math
+import os
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .data import IGNORE_INDEX
+from .flops import model_loss, rng_devices
+from .importance import _score, _update_rule
+from .importance import tensor_importance as _local_importance
+from .profile import TensorProfile
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "DistInfo",
+    "SINGLE",
+    "all_gather_object",
+    "all_reduce_sum",
+    "any_rank",
+    "batch_indices",
+    "broadcast_module",
+    "broadcast_object",
+    "broadcast_tensors",
+    "chunk",
+    "current",
+    "data_parallel",
+    "label_tokens",
+    "on_main",
+    "resolve_device",
+    "setup",
+    "shard",
+    "tensor_importance",
+    "weights_fingerprint",
+]
+
+DEFAULT_TIMEOUT_S = 1800
+ENV_TIMEOUT = "GREENCORE_DIST_TIMEOUT"
+ENV_SWITCH = "GREENCORE_DISTRIBUTED"
+_BUCKET_ELEMENTS = 1 << 24  # gradients are all-reduced in flat float32 buckets of at most this many elements
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: its rank among `world_size` processes (world_size 1: not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str = "none"
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+SINGLE = DistInfo()
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def _switched_off() -> bool:
+    return os.environ.get(ENV_SWITCH, "").strip().lower() in ("0", "false", "no", "off")
+
+
+def timeout_seconds() -> float:
+    """The process-group timeout: `$GREENCORE_DIST_TIMEOUT` seconds, else DEFAULT_TIMEOUT_S."""
+    value = os.environ.get(ENV_TIMEOUT, "").strip()
+    if not value:
+        return float(DEFAULT_TIMEOUT_S)
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0 or not math.isfinite(seconds):
+        raise ValueError(f"{ENV_TIMEOUT}={value!r} must be a positive number of seconds")
+    return seconds
+
+
+def current() -> DistInfo:
+    """This process's place in the default process group (SINGLE when there is none, or detection is off)."""
+    if _switched_off() or not dist.is_available() or not dist.is_initialized():
+        return SINGLE
+    world = dist.get_world_size()
+    if world <= 1:
+        return SINGLE
+    return DistInfo(rank=dist.get_rank(), world_size=world, local_rank=_env_int("LOCAL_RANK", 0),
+                    backend=str(dist.get_backend()))
+
+
+def setup() -> DistInfo:
+    """Join the launcher's process group when the environment asks for one (`WORLD_SIZE > 1`); idempotent.
+
+    Creates the default group once per process (gloo for CPU tensors, plus nccl for CUDA tensors where CUDA is
+    available) with the `GREENCORE_DIST_TIMEOUT` timeout, and makes `cuda:LOCAL_RANK` the current CUDA device.
+    """
+    if _switched_off():
+        return SINGLE
+    if dist.is_available() and dist.is_initialized():
+        return current()
+    world = _env_int("WORLD_SIZE", 1)
+    if world <= 1:
+        return SINGLE
+    if not dist.is_available():
+        raise ValueError(f"WORLD_SIZE={world} asks for a distributed run, but this torch build has no "
+                         "torch.distributed; run one process or install a torch with distributed support")
+    missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+    if missing:
+        raise ValueError(f"WORLD_SIZE={world} asks for a distributed run but {', '.join(missing)} is not set: start "
+                         "it with torchrun / accelerate launch, or set GREENCORE_DISTRIBUTED=0")
+    local_rank = _env_int("LOCAL_RANK", 0)
+    use_nccl = torch.cuda.is_available() and dist.is_nccl_available()
+    if use_nccl and torch.cuda.device_count() > 0:
+        torch.cuda.set_device(local_rank if local_rank < torch.cuda.device_count() else 0)
+    dist.init_process_group(backend="cpu:gloo,cuda:nccl" if use_nccl else "gloo",
+                            timeout=timedelta(seconds=timeout_seconds()))
+    atexit.register(_shutdown)
+    return current()
+
+
+def _shutdown() -> None:
+    try:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # exiting anyway; a failed peer must not turn a clean exit into a hang or a traceback
+        pass
+
+
+def resolve_device(device: str | torch.device | None, info: DistInfo) -> torch.device:
+    """The device this rank trains on: `models.resolve_device`, with `cuda` meaning `cuda:LOCAL_RANK` under DDP."""
+    from .models import resolve_device as resolve
+
+    target = resolve(device)
+    if not info.enabled or target.type != "cuda":
+        return target
+    count = torch.cuda.device_count()
+    if info.local_rank < count:
+        index = info.local_rank
+    elif count == 1:  # one visible GPU per process (CUDA_VISIBLE_DEVICES set per rank)
+        index = 0
+    else:
+        raise ValueError(f"LOCAL_RANK={info.local_rank} but only {count} GPUs are visible: start at most {count} "
+                         "processes per node")
+    if target.index is not None and target.index != index:
+        raise ValueError(f"device {device!r} names one GPU for every rank; under a distributed launch each rank uses "
+                         f"cuda:LOCAL_RANK (here cuda:{index}): pass --device cuda or auto")
+    return torch.device("cuda", index)
+
+
+# --------------------------------------------------------------------------------------------------- collectives
+
+
+def _comm_device() -> torch.device:
+    """Where small tensors go for a collective: the CPU under gloo, the current GPU under an nccl-only group."""
+    backend = str(dist.get_backend()).lower()
+    if "gloo" in backend or "mpi" in backend or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def all_reduce_sum(values: Sequence[float], info: DistInfo | None = None) -> list[float]:
+    """Element-wise sum of `values` over all ranks (float64); the values themselves without a process group."""
+    info = info or current()
+    if not info.enabled:
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(t)
+    return t.cpu().tolist()
+
+
+def any_rank(flag: bool, info: DistInfo | None = None) -> bool:
+    """True on every rank when `flag` is true on at least one."""
+    return all_reduce_sum([1.0 if flag else 0.0], info)[0] > 0
+
+
+def all_gather_object(obj: T, info: DistInfo | None = None) -> list[T]:
+    """Every rank's `obj` (picklable), in rank order."""
+    info = info or current()
+    if not info.enabled:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: T, info: DistInfo | None = None, src: int = 0) -> T:
+    """Rank `src`'s `obj` on every rank (the argument is ignored elsewhere)."""
+    info = info or current()
+    if not info.enabled:
+        return obj
+    box = [obj if info.rank == src else None]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def on_main(fn: Callable[[], T], info: DistInfo | None = None) -> T:
+    """Run `fn` on rank 0 only and return its result on every rank; if it raises, every rank raises.
+
+    Rank 0 re-raises its own exception; the others raise ValueError (for a ValueError, a user-facing problem) or
+    RuntimeError with rank 0's message, so no rank is left waiting in the next collective.
+    """
+    info = info or current()
+    if not info.enabled:
+        return fn()
+    result: Any = None
+    error: BaseException | None = None
+    if info.is_main:
+        try:
+            result = fn()
+        except Exception as err:  # noqa: BLE001 - reported to every rank, then re-raised
+            error = err
+    message = None if error is None else (isinstance(error, ValueError), f"{type(error).__name__}: {error}")
+    result, message = broadcast_object((result if error is None else None, message), info)
+    if error is not None:
+        raise error
+    if message is not None:
+        is_value_error, text = message
+        raise (ValueError if is_value_error else RuntimeError)(f"rank 0 failed: {text}")
+    return result
+
+
+def broadcast_module(module: torch.nn.Module, info: DistInfo | None = None) -> None:
+    """Copy rank 0's parameters and buffers into every rank's `module`, in place."""
+    info = info or current()
+    if not info.enabled:
+        return
+    with torch.no_grad():
+        seen: set[int] = set()
+        for t in [*module.parameters(), *module.buffers()]:
+            if id(t) not in seen:
+                seen.add(id(t))
+                dist.broadcast(t.data, src=0)
+
+
+def broadcast_tensors(tensors: Mapping[str, torch.Tensor] | None, info: DistInfo | None = None
+                      ) -> dict[str, torch.Tensor]:
+    """Rank 0's dict of tensors on every rank (CPU tensors; `tensors` is ignored on the other ranks)."""
+    info = info or current()
+    if not info.enabled:
+        return dict(tensors or {})
+    meta = broadcast_object([(k, tuple(v.shape), v.dtype) for k, v in (tensors or {}).items()]
+                            if info.is_main else None, info)
+    device = _comm_device()
+    out = {}
+    for name, shape, dtype in meta:
+        t = tensors[name].to(device).contiguous() if info.is_main else torch.empty(shape, dtype=dtype, device=device)
+        dist.broadcast(t, src=0)
+        out[name] = t.cpu()
+    return out
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """A digest of the exact bits of every parameter and buffer: equal on two ranks iff their weights are equal
+    (up to a deliberate collision). Computed where the tensors live, in chunks, without copying the model."""
+    h = hashlib.sha256()
+    ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+    seen: set[int] = set()
+    for name, t in [*module.named_parameters(), *module.named_buffers()]:
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        flat = t.detach().reshape(-1)
+        if flat.dtype.is_complex or flat.element_size() not in ints:
+            h.update(name.encode() + flat.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            continue
+        bits = flat.contiguous().view(ints[flat.element_size()])
+        sums = []
+        for start in range(0, bits.numel(), _BUCKET_ELEMENTS):
+            part = bits[start:start + _BUCKET_ELEMENTS].to(torch.int64)
+            pos = torch.arange(start + 1, start + 1 + part.numel(), dtype=torch.int64, device=part.device)
+            sums.append(torch.stack([part.sum(), (part * pos).sum(), (part ^ (pos * 0x9E3779B1)).sum()]))
+        total = torch.stack(sums).sum(0).tolist() if sums else []
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}:{total};".encode())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------- sharding
+
+
+def batch_indices(n: int, batch_size: int, *, seed: int, shuffle: bool = True, drop_last: bool = True
+                  ) -> list[list[int]]:
+    """The global batches `data.batches(rows, batch_size=..., shuffle=..., seed=..., drop_last=...)` yields, as row
+    indices: the same seeded shuffle and the same order."""
+    order = list(range(n))
+    if shuffle:
+        random.Random(seed).shuffle(order)
+    stop = n - n % batch_size if drop_last else n
+    return [order[start:start + batch_size] for start in range(0, stop, batch_size)]
+
+
+def shard(items: Sequence[T], info: DistInfo) -> list[T]:
+    """This rank's share of one global batch: items rank, rank + W, rank + 2W, ... (DistributedSampler order)."""
+    return list(items[info.rank::info.world_size])
+
+
+def chunk(items: Sequence[T], info: DistInfo) -> list[T]:
+    """This rank's contiguous part of `items` (concatenated in rank order they give `items` back)."""
+    n, w = len(items), info.world_size
+    return list(items[info.rank * n // w:(info.rank + 1) * n // w])
+
+
+def label_tokens(row: Mapping[str, Any], is_encoder_decoder: bool) -> int:
+    """How many of a row's labels the model's loss averages over (a decoder shifts its labels by one), as
+    `evaluate.validation_loss` counts them."""
+    labels = row["labels"] if is_encoder_decoder else row["labels"][1:]
+    return sum(1 for x in labels if x != IGNORE_INDEX)
+
+
+# ------------------------------------------------------------------------------------------------------ DDP
+
+
+def data_parallel(model: torch.nn.Module, *, candidates: Iterable[str], device: torch.device
+                  ) -> torch.nn.parallel.DistributedDataParallel | None:
+    """A new DDP over the `candidates` that require grad now (None when none does).
+
+    Call it again whenever the trainable set changes: DDP only all-reduces the parameters that required grad when it
+    was built. Parameters outside `candidates` (never trained) are left out; buffers are not broadcast (transformer
+    buffers are constants); weights are not re-broadcast (the ranks keep them identical, see `broadcast_module`).
+    """
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    pool = set(candidates)
+    params = dict(model.named_parameters())
+    if not any(p.requires_grad for n, p in params.items() if n in pool):
+        return None
+    ignore = [n for n, p in params.items() if p.requires_grad and n not in pool]
+    DDP._set_params_and_buffers_to_ignore_for_model(model, ignore)
+    accepted = inspect.signature(DDP.__init__).parameters
+    kwargs: dict[str, Any] = {"find_unused_parameters": False}
+    kwargs["forward_sync_buffers" if "forward_sync_buffers" in accepted else "broadcast_buffers"] = False
+    if "init_sync" in accepted:
+        kwargs["init_sync"] = False
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------- importance
+
+
+def tensor_importance(
+    model: torch.nn.Module,
+    batches: Iterable[Mapping[str, Any]],
+    optimizer: torch.optim.Optimizer | None = None,
+    metric: str = "taylor",
+    *,
+    profile: TensorProfile,
+    seed: int = 0,
+    weights: Sequence[float] | None = None,
+    info: DistInfo | None = None,
+) -> np.ndarray:
+    """`importance.tensor_importance` over the probe batches of all ranks, identical on every rank.
+
+    Each rank passes its own batches (the same number on every rank); batch i's gradient on each rank is scaled by
+    `weights[i]` (default 1/world_size) and summed over the ranks before scoring, so with weights equal to each
+    shard's share of a global batch's label tokens the scores are those of the global batch on one process. Without
+    a process group (or for `random` and `magnitude`, which need no data) this is `importance.tensor_importance`.
+    """
+    info = info or current()
+    if not info.enabled or metric in ("random", "magnitude"):
+        return _local_importance(model, batches, optimizer, metric, profile=profile, seed=seed)
+    batches = list(batches)
+    counts = all_gather_object(len(batches), info)
+    if len(set(counts)) != 1 or not batches:
+        raise ValueError(f"every rank needs the same, non-zero number of probe batches; the ranks have {counts}")
+    weights = [1.0 / info.world_size] * len(batches) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(batches):
+        raise ValueError(f"{len(weights)} weights for {len(batches)} probe batches")
+    params = dict(model.named_parameters())
+    tensors = [params[n] for n in profile.names]
+    update = _update_rule(optimizer, tensors) if metric == "taylor" else None
+    total = np.zeros(len(tensors))
+    saved = [t.requires_grad for t in tensors]
+    try:
+        for t in tensors:
+            t.requires_grad_(True)
+        for batch, weight in zip(batches, weights):
+            with torch.random.fork_rng(devices=rng_devices(tensors)):
+                loss = model_loss(model, batch)
+                grads = torch.autograd.grad(loss * weight, tensors, allow_unused=True)
+            used = [g is not None for g in grads]
+            grads = [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads)]
+            global_loss = _all_reduce_(grads, (loss.detach() * weight).float())
+            if not math.isfinite(global_loss):
+                raise ValueError(f"the probe loss is {global_loss}: importance cannot be computed on a diverged model")
+            for k, (t, g) in enumerate(zip(tensors, grads)):
+                if used[k]:
+                    total[k] += _score(metric, t, g, update)
+    finally:
+        for t, flag in zip(tensors, saved):
+            t.requires_grad_(flag)
+    return total / len(batches)
+
+
+def _all_reduce_(tensors: list[torch.Tensor], extra: torch.Tensor) -> float:
+    """Sum `tensors` over the ranks in place (flat float32 buckets) and return the summed scalar `extra`."""
+    groups: list[list[int]] = [[]]
+    size = 0
+    for i, t in enumerate(tensors):
+        if groups[-1] and size + t.numel() > _BUCKET_ELEMENTS:
+            groups.append([])
+            size = 0
+        groups[-1].append(i)
+        size += t.numel()
+    result = 0.0
+    for b, group in enumerate(groups):
+        parts = [tensors[i].reshape(-1).float() for i in group]
+        if b == 0:
+            parts.append(extra.reshape(1).to(parts[0].device if parts else extra.device))
+        flat = torch.cat(parts)
+        dist.all_reduce(flat)
+        offset = 0
+        for i in group:
+            n = tensors[i].numel()
+            tensors[i].copy_(flat[offset:offset + n].view_as(tensors[i]))
+            offset += n
+        if b == 0:
+            result = float(flat[-1])
+    return result
