@@ -173,14 +173,15 @@ def _drive(run, desc: str) -> dict:
     from tqdm import tqdm
 
     previous = signal.signal(signal.SIGINT, lambda *_: run.stop("interrupted"))
-    bar = tqdm(desc=desc, unit="step", dynamic_ncols=True)
+    main_rank = run.dist.is_main
+    bar = tqdm(desc=desc, unit="step", dynamic_ncols=True, disable=not main_rank)
     try:
         for event in run.events():
             if event["type"] == "train":
                 bar.total = event["total_steps"]
                 bar.update(event["step"] - bar.n)
                 bar.set_postfix(loss=f"{event['loss']:.3f}", flops=f"{event['flops'] / max(event['flops_full'], 1):.2f}")
-            elif event["type"] == "selection":
+            elif event["type"] == "selection" and main_rank:
                 bar.write(f"selection {event['index']}: {event['trainable_tensors']} tensors, predicted ratio "
                           f"{event['predicted_ratio']:.3f}")
     finally:
@@ -199,7 +200,8 @@ def _train(args) -> int:
             raise ValueError("--out DIR is required: the run's records and checkpoints go there")
         run = Run(_config(args, args.scheme), args.out, overwrite=args.overwrite)
     summary = _drive(run, run.config.name)
-    _print_summaries([summary])
+    if run.dist.is_main:
+        _print_summaries([summary])
     if summary.get("status") == "interrupted":
         print(f"interrupted: continue with `greencore train --resume {run.out}`", file=sys.stderr)
         return 130
@@ -222,6 +224,8 @@ def _compare(args) -> int:
         summaries.append(_drive(run, run.config.name))
         if summaries[-1].get("status") == "interrupted":
             break
+    if not runs[0].dist.is_main:
+        return 0
     _print_summaries(summaries)
     rows = comparison_rows(summaries)
     write_json_atomic(args.out / "comparison.json", {"summaries": summaries, "rows": rows})
