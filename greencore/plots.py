@@ -31,6 +31,7 @@ __all__ = [
     "format_flops",
     "loss_curves",
     "pareto",
+    "prediction_check",
     "selection_heatmap",
     "selection_timeline",
     "tradeoff_curve",
@@ -488,6 +489,43 @@ def pareto(summaries: Sequence[Mapping[str, Any]], x: str = "flops") -> go.Figur
     else:
         fig.update_xaxes(title_text="FLOPs saved vs full fine-tuning (%)")
     fig.update_yaxes(title_text="ROUGE-L")
+    return fig
+
+
+def prediction_check(measured: Sequence[float], predictions: Mapping[str, Sequence[float]], labels: Sequence[Any], *,
+                     title: str = "Predicted against measured", x_title: str = "predicted",
+                     y_title: str = "measured", log: bool = False, tickformat: str | None = None) -> go.Figure:
+    """Each series of `predictions` against `measured`, one point per labelled item, and the diagonal where a
+    prediction is exact. With `log`, both axes are logarithmic and items with a value <= 0 are left out."""
+    y = np.asarray(measured, dtype=np.float64)
+    names = [str(label) for label in labels]
+    if y.ndim != 1 or len(y) != len(names):
+        raise ValueError(f"measured must have one value per label ({len(names)}), got shape {y.shape}")
+    series = {}
+    for name, values in predictions.items():
+        x = np.asarray(values, dtype=np.float64)
+        if x.shape != y.shape:
+            raise ValueError(f"prediction {name!r} has shape {x.shape}, expected {y.shape}")
+        keep = np.isfinite(x) & np.isfinite(y)
+        series[name] = (x, keep & (x > 0) & (y > 0) if log else keep)
+    shown = [v for x, keep in series.values() for v in (*x[keep], *y[keep])]
+    if not shown:
+        return _empty_figure("Nothing to compare yet.", title)
+    fig = _figure(title, height=480)
+    lo, hi = min(shown), max(shown)
+    lo, hi = (lo / 1.5, hi * 1.5) if log else (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
+    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="prediction = measurement",
+                             line={"dash": "dot", "color": "#7f7f7f"}, hoverinfo="skip"))
+    colors = [TRAINED_COLOR, *RUN_COLORS]
+    for i, (name, (x, keep)) in enumerate(series.items()):
+        fig.add_trace(go.Scatter(x=x[keep], y=y[keep], mode="markers", name=name,
+                                 text=[n for n, k in zip(names, keep) if k],
+                                 marker={"size": 10 if i == 0 else 13, "color": colors[i % len(colors)],
+                                         "symbol": "circle" if i == 0 else "circle-open"},
+                                 hovertemplate=f"%{{text}}<br>{name}: %{{x:.4g}}<br>measured: %{{y:.4g}}<extra></extra>"))
+    axis = {"type": "log"} if log else ({"tickformat": tickformat} if tickformat else {})
+    fig.update_xaxes(title_text=x_title, **axis)
+    fig.update_yaxes(title_text=y_title, **axis)
     return fig
 
 

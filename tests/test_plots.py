@@ -447,3 +447,16 @@ def test_comparison_rows_are_formatted_for_a_table():
     assert comparison_rows([]) == []
     with pytest.raises(ValueError, match="'wall_seconds'"):
         comparison_rows([{k: v for k, v in SUMMARIES[0].items() if k != "wall_seconds"}])
+
+
+def test_prediction_check_points_and_diagonal():
+    from greencore.plots import prediction_check
+
+    fig = prediction_check([1.0, 2.0, 3.0], {"model": [1.1, 2.0, 2.9], "other": [0.5, -1.0, 4.0]}, ["a", "b", "c"],
+                           log=True)
+    diagonal, model, other = fig.data
+    assert list(model.x) == [1.1, 2.0, 2.9] and list(model.y) == [1.0, 2.0, 3.0]
+    assert list(other.text) == ["a", "c"]  # the non-positive prediction cannot sit on a log axis
+    assert diagonal.x[0] == diagonal.y[0] == pytest.approx(0.5 / 1.5)
+    with pytest.raises(ValueError, match="shape"):
+        prediction_check([1.0], {"m": [1.0, 2.0]}, ["a"])
