@@ -426,12 +426,12 @@ class _Trainer:
         started = time.perf_counter()
         if key in self.step_flops:
             loss = self._forward(batch, step, epoch)
-            loss.backward()
+            _backward(loss)
         else:
             with flop_counter() as fwd:
                 loss = self._forward(batch, step, epoch)
             with flop_counter() as bwd:
-                loss.backward()
+                _backward(loss)
             self.step_flops[key] = (fwd.get_total_flops(), bwd.get_total_flops())
         params = [p for p in self.optimizer.param_groups[0]["params"] if p.grad is not None]
         if c.max_grad_norm:
@@ -472,7 +472,7 @@ class _Trainer:
         with flop_counter() if measure else contextlib.nullcontext() as fwd:
             loss = model_loss(module, shard)
         with flop_counter() if measure else contextlib.nullcontext() as bwd:
-            (loss * (share * self.dist.world_size)).backward()
+            _backward(loss * (share * self.dist.world_size))
         if measure:
             self.step_flops[key] = (fwd.get_total_flops(), bwd.get_total_flops())
         seconds = time.perf_counter() - started
@@ -746,6 +746,12 @@ def _linear_decay(step: int, *, total_steps: int) -> float:
 def _shape_key(shape: list) -> tuple:
     """A batch-shape key read back from JSON: ((name, (dims...)), ...)."""
     return tuple((name, tuple(dims)) for name, dims in shape)
+
+
+def _backward(loss: torch.Tensor) -> None:
+    """Backpropagate, unless the selection trains nothing (a budget too small for any useful tensor)."""
+    if loss.requires_grad:
+        loss.backward()
 
 
 def _count_params(model: torch.nn.Module, names: list[str]) -> int:

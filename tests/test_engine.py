@@ -154,3 +154,13 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
     assert summary["status"] == "failed"
     for ckpt in checkpoints(tmp_path / "nan"):
         assert all(torch.isfinite(t).all() for t in _weights(ckpt).values())
+
+
+def test_a_budget_that_selects_nothing_still_runs(tmp_path):
+    # at rho just above the forward pass alone, tiny-gpt2 can afford no tensor with positive importance here
+    summary = train(config(scheme="green:0.34", max_steps=2), tmp_path / "none")
+    run = load_run(tmp_path / "none")
+    assert summary["status"] == "finished" and not any(run.selections[0]["mask"])
+    assert summary["trainable_params"] == 0
+    # the step is the forward pass alone: exactly the smallest feasible share of full fine-tuning
+    assert summary["flops_ratio_training"] == pytest.approx(1 / 3, abs=0.01)

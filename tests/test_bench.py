@@ -1,0 +1,138 @@
+"""The benchmarks' smoke mode (bench/run_all: every benchmark's --quick version on tiny models) runs and writes
+results with the expected structure and sane values."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# about 1.5-2 minutes on a quiet 2-core machine (several under load); part of the default test run on purpose
+pytestmark = pytest.mark.timeout(1200)
+
+ROOT = Path(__file__).resolve().parents[1]
+# A selection that trains nothing (rho too small for anything but the forward pass) made the engine call backward on
+# a loss without grad; quick runs that hit it are reported as this known failure rather than as a broken benchmark.
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all"), "--results-dir", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    return out, proc
+
+
+def load(out: Path, name: str) -> dict:
+    md = (out / f"{name}.md").read_text()
+    assert md.startswith(f"# Benchmark: {name}") and "- command: `" in md
+    data = json.loads((out / f"{name}.json").read_text())
+    assert {"date", "machine", "versions", "command"} <= data["meta"].keys()
+    return data
+
+
+def quality_failures(out: Path) -> list[dict]:
+    path = out / "quality_quick.json"
+    return json.loads(path.read_text())["failed"] if path.exists() else []
+
+
+def test_run_all_finishes(results):
+    out, proc = results
+    assert proc.returncode == 0 and not quality_failures(out), proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_selector_dp_beats_heuristics(results):
+    data = load(results[0], "selector_quick")
+    assert data["headline"] and data["sweep"]
+    assert all(0 <= s["mean_gap"] <= s["max_gap"] < 0.05 for s in data["sweep"])
+    real = data["real_profiles"]
+    assert {e["model"] for e in real} >= {"tiny-gpt2", "tiny-t5"}
+    for e in real:
+        assert e["dp"]["chain_ratio"] <= e["rho"] + 1e-9
+        for method in ("greedy", "greedy_static", "top_k"):
+            assert e[method]["chain_ratio"] <= e["rho"] + 1e-9
+            assert e["dp"]["objective"] >= e[method]["objective"] - 1e-9 * abs(e[method]["objective"]), (e, method)
+    assert data["real_dp_at_least_heuristics"]
+
+
+def test_flops_model_predicts_measurements(results):
+    data = load(results[0], "flops_model_quick")
+    models = {m["model"]: m for m in data["models"]}
+    assert set(models) == {"tiny-opt", "tiny-bloom", "tiny-gpt2", "tiny-llama", "tiny-t5"}
+    for m in models.values():
+        assert m["masks"] >= data["random_masks"] + 3
+        assert m["max_rel_error"] < 0.02 and m["median_rel_error"] <= m["max_rel_error"]
+        assert m["chain_over_min"] >= -1e-9  # the selector's chain model never under-estimates
+        assert {c["mask"] for c in m["cases"]} >= {"first-only", "last-only", "all"}
+        assert all(c["measured"] > 0 for c in m["cases"])
+
+
+def test_quality_runs_and_checks(results):
+    out = results[0]
+    data = load(out, "quality_quick")
+    runs, failed = data["runs"], data["failed"]
+    labels = {(r["label"], r["seed"]) for r in runs} | {(f["label"], f["seed"]) for f in failed}
+    expected = {(s, 0) for s in ("full", "lora", "top-k:2", "bitfit", "green:0.4", "green:0.5", "green:0.6",
+                                 "green:0.7", "random:0.5")} | {(s, 1) for s in ("full", "lora", "green:0.5")}
+    assert labels == expected and not data["pending"]
+    for f in failed:
+        assert f["error"]
+    by = {(r["label"], r["seed"]): r for r in runs}
+    assert by[("full", 0)]["flops_ratio"] == 1.0 and by[("full", 0)]["flops_selection"] == 0
+    for r in runs:
+        assert r["status"] == "finished" and r["steps"] > 0
+        assert r["flops_total"] == pytest.approx(r["flops_training"] + r["flops_selection"])
+        assert r["flops_ratio"] == pytest.approx(r["flops_total"] / r["flops_full_equivalent"])
+        assert 0 < r["flops_ratio_training"] <= 1.0 + 1e-9
+        if r["scheme"] in ("green", "random"):
+            assert r["flops_ratio_training"] <= r["rho"] + 0.03 and r["flops_selection"] > 0
+            assert r["selected_tensors"] and r["predicted_ratio"][0] <= r["rho"] + 1e-9
+        for key in ("rouge1", "rouge2", "rougeL"):
+            assert 0 <= r[key] <= 100
+        assert math.isfinite(r["val_loss"]) and r["val_loss"] > 0
+        assert r["wall_seconds"] > 0 and r["trainable_params"] > 0
+    assert {s["label"] for s in data["spread"]} == {"full", "lora", "green:0.5"}
+    assert {"green_0.5_vs_full_first_seed", "random_0.5_below_green_0.5"} <= data["checks"].keys()
+    if data["plot"]:
+        assert (out / data["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quality_is_resumable(results, tmp_path):
+    """A second invocation reads the finished runs back instead of training them again."""
+    out = results[0]
+    work = out / "work" / "quality_quick"
+    done = [p for p in work.iterdir() if (p / "summary.json").exists()]
+    assert done
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_quality.py"), "--quick", "--schemes", "full",
+                           "--seeds", "0", "--results-dir", str(tmp_path), "--work-dir", str(work)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "finished earlier, read back" in proc.stdout
+    again = json.loads((tmp_path / "quality_quick.json").read_text())
+    first = {(r["label"], r["seed"]): r for r in load(out, "quality_quick")["runs"]}
+    assert again["runs"][0]["flops_total"] == first[("full", 0)]["flops_total"]
+
+
+def test_speed_and_overhead(results):
+    out = results[0]
+    speed = load(out, "speed_quick")
+    configs = {r["config"]: r for r in speed["results"]}
+    assert configs["full"]["time_ratio"] == 1.0 and configs["full"]["measured_ratio"] == 1.0
+    for r in speed["results"]:
+        assert r["median_seconds"] > 0 and len(r["total"]) == speed["repeats"]
+        assert abs(r["predicted_ratio"] - r["measured_ratio"]) < 0.02
+        if r["rho"] is not None and r["rho"] < 1:
+            assert r["predicted_ratio"] <= r["rho"] + 1e-9
+    assert "green:0.5" in configs and speed["target"]["time_ratio"] is not None
+
+    overhead = load(out, "overhead_quick")
+    assert overhead["parts"]["importance"]["flops"] > 0 and overhead["parts"]["profile"]["flops"] > 0
+    for key in ("reselection", "reselection_with_profile"):
+        r = overhead[key]
+        assert r["seconds"] > 0 and r["flops"] > 0
+        assert r["flops_share_of_green_epoch"] > r["flops_share_of_full_epoch"] > 0
+    assert 0 < overhead["epoch"]["measured_ratio"] <= overhead["rho"] + 0.03
