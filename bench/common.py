@@ -105,3 +105,51 @@ def _write_atomic(path: Path, text: str) -> None:
 def command_line() -> str:
     """The command that started this process, for the `command` field."""
     return " ".join([Path(sys.executable).name, *sys.argv])
+
+
+def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub Markdown table; cells are written with str()."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def load_average() -> list[float] | None:
+    """The machine's 1/5/15-minute load averages (None where the platform has none): timings taken while the load
+    exceeds the core count were measured on a contended machine."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def timing_context() -> dict[str, Any]:
+    """What a timing depends on besides the code: torch's thread count, OMP_NUM_THREADS, cores and load now."""
+    import torch
+
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "cpu_count": os.cpu_count(),
+        "load_average": load_average(),
+    }
+
+
+def contention_note(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """One line saying whether the machine was busy while timings were taken (load average above the cores)."""
+    cores = before.get("cpu_count") or 1
+    loads = [ctx["load_average"][0] for ctx in (before, after) if ctx.get("load_average")]
+    threads = before.get("torch_threads")
+    if not loads:
+        return f"torch threads={threads}; load average unknown"
+    busy = max(loads) > cores
+    state = "CONTENDED (load above the core count): timings are noisy and slower than on a quiet machine" if busy \
+        else "quiet enough (load at or below the core count)"
+    return f"torch threads={threads}, {cores} cores, 1-min load average {min(loads):.2f}-{max(loads):.2f}: {state}"
+
+
+def median(values: list[float]) -> float:
+    """The median of a non-empty list."""
+    import statistics
+
+    return float(statistics.median(values))

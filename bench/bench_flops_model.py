@@ -1,0 +1,140 @@
+"""How well the profile predicts a selection's FLOPs: predicted against measured, per architecture.
+
+Usage: python bench/bench_flops_model.py [--quick] [--results-dir DIR] [--masks N]
+
+For each built-in architecture, one real stdlib-tldr batch is profiled (`greencore.profile_model`), and for random
+selections (each tensor kept with a probability drawn per mask from U(0.02, 0.98)), the single-tensor selections of
+the tensor nearest the loss and of the deepest tensor, and the full selection, the predicted step
+`t_fp + profile.backward_flops(mask)` is compared with `measure_training_flops` (FlopCounterMode on a real forward and
+backward with exactly those tensors trainable). Also reported: the chain model `t_fp + profile.chain_cost(mask)` that
+the selector optimises, which charges every activation gradient down to the deepest selected tensor and so should
+over-estimate (never under-estimate) the measurement.
+Writes bench/results/flops_model.{json,md} (flops_model_quick.* with --quick).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import command_line, markdown_table, median, write_results  # noqa: E402
+
+MODELS = ["tiny-opt", "tiny-bloom", "tiny-gpt2", "tiny-llama", "tiny-t5", "minilm", "minilm-seq2seq"]
+QUICK_MODELS = ["tiny-opt", "tiny-bloom", "tiny-gpt2", "tiny-llama", "tiny-t5"]
+
+
+def masks_for(n: int, count: int, seed: int) -> list[tuple[str, np.ndarray]]:
+    """`count` random masks of varying density plus the first-only, last-only and full masks."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        density = rng.uniform(0.02, 0.98)
+        mask = rng.random(n) < density
+        if not mask.any():
+            mask[rng.integers(n)] = True
+        out.append((f"random-{i}", mask))
+    first, last = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    first[0], last[-1] = True, True
+    out += [("first-only", first), ("last-only", last), ("all", np.ones(n, dtype=bool))]
+    return out
+
+
+def bench_model(name: str, batch_size: int, seq_len: int, count: int, seed: int) -> dict:
+    import torch
+
+    from greencore.data import sample_batches
+    from greencore.flops import measure_training_flops
+    from greencore.models import load_model
+    from greencore.profile import profile_model
+
+    torch.manual_seed(seed)
+    model, tokenizer = load_model(name, seed=seed, device="cpu")
+    model.train()
+    batch = sample_batches(tokenizer, is_encoder_decoder=bool(model.config.is_encoder_decoder),
+                           batch_size=batch_size, seq_len=seq_len, count=1, seed=seed)[0]
+    started = time.perf_counter()
+    profile = profile_model(model, batch)
+    profile_seconds = time.perf_counter() - started
+    cases = []
+    for label, mask in masks_for(len(profile), count, seed):
+        predicted = profile.t_fp + profile.backward_flops(mask)
+        chain = profile.t_fp + profile.chain_cost(mask)
+        measured = measure_training_flops(model, batch, mask, names=profile.names)
+        cases.append({
+            "mask": label, "selected": int(mask.sum()), "predicted": float(predicted), "chain": float(chain),
+            "measured": measured["total"], "measured_backward": measured["backward"],
+            "rel_error": abs(predicted - measured["total"]) / measured["total"],
+            "rel_error_backward": (abs(predicted - profile.t_fp - measured["backward"]) / measured["backward"]
+                                   if measured["backward"] else 0.0),
+            "chain_over": chain / measured["total"] - 1,
+        })
+    errors = [c["rel_error"] for c in cases]
+    backward_errors = [c["rel_error_backward"] for c in cases]
+    over = [c["chain_over"] for c in cases]
+    return {
+        "model": name, "tensors": len(profile), "batch": [batch_size, seq_len],
+        "t_fp": profile.t_fp, "full_flops": profile.full_flops, "min_rho": profile.min_rho,
+        "profile_seconds": profile_seconds, "masks": len(cases),
+        "median_rel_error": median(errors), "max_rel_error": max(errors),
+        "median_rel_error_backward": median(backward_errors), "max_rel_error_backward": max(backward_errors),
+        "chain_over_median": median(over), "chain_over_max": max(over), "chain_over_min": min(over),
+        "exact_fraction": float(np.mean([c["predicted"] == c["measured"] for c in cases])),
+        "cases": cases,
+    }
+
+
+def run(quick: bool, count: int | None = None, models: list[str] | None = None) -> tuple[dict, str]:
+    models = models or (QUICK_MODELS if quick else MODELS)
+    count = count or (10 if quick else 20)
+    batch_size, seq_len = 2, 64
+    results = []
+    for name in models:
+        started = time.perf_counter()
+        result = bench_model(name, batch_size, seq_len, count, seed=0)
+        result["seconds"] = time.perf_counter() - started
+        results.append(result)
+        print(f"{name}: median error {result['median_rel_error']:.2e}, max {result['max_rel_error']:.2e}, chain "
+              f"over-estimate median {result['chain_over_median']:.1%} max {result['chain_over_max']:.1%} "
+              f"({result['seconds']:.0f} s)", flush=True)
+    payload = {
+        "description": "Relative error |predicted - measured| / measured of a training step's FLOPs, where "
+                       "predicted = t_fp + profile.backward_flops(mask) and measured = measure_training_flops "
+                       "(FlopCounterMode), over random selections plus the first-only, last-only and full ones; "
+                       "chain_over = (t_fp + chain_cost(mask)) / measured - 1, the selector's cost model.",
+        "quick": quick, "random_masks": count, "batch": [batch_size, seq_len], "models": results,
+        "max_rel_error": max(r["max_rel_error"] for r in results),
+    }
+    header = ["model", "tensors", "masks", "exact matches", "median error", "max error", "max error (backward only)",
+              "chain over-estimate median", "chain max", "chain min", "min rho"]
+    rows = [[r["model"], r["tensors"], r["masks"], f"{r['exact_fraction']:.0%}", f"{r['median_rel_error']:.2e}",
+             f"{r['max_rel_error']:.2e}", f"{r['max_rel_error_backward']:.2e}", f"{r['chain_over_median']:.1%}",
+             f"{r['chain_over_max']:.1%}", f"{r['chain_over_min']:.1%}", f"{r['min_rho']:.3f}"] for r in results]
+    table = (f"## Predicted vs measured step FLOPs (batch {batch_size} x {seq_len} tokens of stdlib-tldr, "
+             f"{count} random masks + first-only, last-only, all)\n\n" + markdown_table(header, rows))
+    return payload, table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny models only, short batches")
+    parser.add_argument("--results-dir", type=Path, default=None, help="where to write (default bench/results)")
+    parser.add_argument("--masks", type=int, default=None, help="random masks per model (default 20; 10 with --quick)")
+    parser.add_argument("--models", default=None, help=f"comma-separated (default {','.join(MODELS)})")
+    args = parser.parse_args(argv)
+    payload, table = run(args.quick, args.masks, args.models.split(",") if args.models else None)
+    name = "flops_model_quick" if args.quick else "flops_model"
+    paths = write_results(name, payload, table, command_line(), args.results_dir)
+    print(table)
+    print("wrote", *paths)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,582 @@
+"""Quality against FLOPs: every scheme fine-tuned on the same data with the same settings, scored by ROUGE.
+
+Usage:
+    python bench/bench_quality.py                 # the full benchmark (minilm on stdlib-tldr; see FULL below)
+    python bench/bench_quality.py --quick         # tiny-gpt2, a few steps per scheme: a smoke test (~1 minute)
+    python bench/bench_quality.py --estimate      # time a few steps of the full configuration and extrapolate
+    python bench/bench_quality.py --model minilm-seq2seq   # -> quality_minilm-seq2seq.*, bench/work/quality_minilm-seq2seq
+
+Schemes: full, lora, top-k:2, bitfit, green at rho 0.4/0.5/0.6/0.7 and random at 0.5 (seed 0), and the headline
+schemes full, lora and green:0.5 again with seed 1 for the spread. Every number comes from the run summaries the
+training engine writes (`greencore.engine.train`): measured training FLOPs including GreenTrainer's profiling and
+probe passes, the full fine-tuning FLOPs of the same batches, wall time, peak memory, validation loss and test ROUGE.
+
+Resumable: each run lives in `<work-dir>/<scheme>-seed<seed>/`. A finished run is read back, not re-run; an
+interrupted one (Ctrl-C checkpoints first) continues from its last checkpoint. Results are rewritten after every run,
+so a partial benchmark always has its finished runs on disk. Writes bench/results/quality.{json,md,png}
+(quality_quick.* with --quick, quality_estimate.* with --estimate, quality_<model>.* for another --model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import (  # noqa: E402
+    RESULTS_DIR,
+    command_line,
+    contention_note,
+    markdown_table,
+    timing_context,
+    write_results,
+)
+from greencore.engine import Run, TrainConfig  # noqa: E402
+from greencore.plots import format_flops  # noqa: E402
+from greencore.records import checkpoints, load_run  # noqa: E402
+
+SCHEMES = ["full", "lora", "top-k:2", "bitfit", "green:0.4", "green:0.5", "green:0.6", "green:0.7", "random:0.5"]
+HEADLINE = ["full", "lora", "green:0.5"]
+SEEDS = (0, 1)
+
+# The full configuration: minilm on stdlib-tldr, one epoch over the first 800 training pairs (those that fit the
+# length limits make 96 steps of 8), one selection per epoch from 2 probe batches, ROUGE on the first 100 validation and 100 test
+# pairs with beam search 2. lr 5e-4 (linear decay): in 77-step pilots of full fine-tuning it reached a lower
+# validation loss (5.79) than 1e-4 (6.03) or 1e-3 (5.85). Sized with --estimate (bench/results/quality_estimate.md)
+# to finish in about an hour on 2 quiet CPU cores (under 2 hours with 1 thread).
+FULL = dict(model="minilm", dataset="stdlib-tldr", epochs=1, max_train_examples=800, max_eval_examples=100,
+            batch_size=8, max_source_tokens=128, max_target_tokens=32, lr=5e-4, weight_decay=0.01, num_beams=2,
+            probe_batches=2, interval=1, interval_unit="epoch", metric="taylor", k=2, lora_r=8, lora_alpha=32,
+            keep_checkpoints=1, device="cpu")
+# --quick: a random tiny GPT-2, 4 steps per scheme, ROUGE on 4 examples. Checks the machinery, not the method.
+QUICK = dict(FULL, model="tiny-gpt2", max_train_examples=32, max_eval_examples=4, max_source_tokens=48,
+             max_target_tokens=24, lr=1e-3, num_beams=1)
+
+TARGET_RATIO = 0.52  # green:0.5 must spend at most this share of full fine-tuning's FLOPs ...
+TARGET_ROUGE_GAP = 1.0  # ... and lose at most this many ROUGE-L points
+
+
+def plan(settings: dict, schemes: list[str], headline: list[str], seeds: tuple[int, ...]) -> list[TrainConfig]:
+    """Every run of the benchmark, in the order they run: all schemes with the first seed, then the repeats."""
+    configs = [TrainConfig(scheme=s, seed=seeds[0], **settings) for s in schemes]
+    configs += [TrainConfig(scheme=s, seed=seed, **settings) for seed in seeds[1:] for s in headline if s in schemes]
+    return configs
+
+
+def run_dir(work: Path, config: TrainConfig) -> Path:
+    return work / f"{config.name.replace(':', '-')}-seed{config.seed}"
+
+
+def _same_config(saved: dict, config: TrainConfig) -> bool:
+    return TrainConfig.from_dict(saved).to_dict() == config.to_dict()
+
+
+def finished_summary(out: Path, config: TrainConfig) -> dict | None:
+    """The summary of a finished run of exactly `config` in `out`, or None; a different config there is an error."""
+    record = out / "config.json"
+    if not record.exists():
+        return None
+    saved = json.loads(record.read_text())
+    if not _same_config(saved, config):
+        raise SystemExit(f"{out} holds a run with another configuration than this benchmark's; use another "
+                         f"--work-dir, or --fresh to delete the work folder and start over")
+    summary_path = out / "summary.json"
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("status") == "finished":
+            return summary
+    return None
+
+
+class _Interrupt:
+    """Ctrl-C asks the current run to stop cleanly (checkpoint and summary first); a second Ctrl-C kills."""
+
+    def __init__(self) -> None:
+        self.run: Run | None = None
+        self.requested = False
+
+    def __enter__(self) -> "_Interrupt":
+        self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGINT, self.previous)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ninterrupt: stopping after this step (checkpoint first); Ctrl-C again to kill", flush=True)
+        if self.run is not None:
+            self.run.stop("interrupted")
+
+
+def execute(config: TrainConfig, out: Path, interrupt: _Interrupt) -> dict:
+    """Run (or continue) one scheme in `out` and return its summary."""
+    if (out / "config.json").exists() and checkpoints(out):
+        print(f"  resuming {out.name} from {checkpoints(out)[-1].name}", flush=True)
+        run = Run.resume(out)
+    else:
+        run = Run(config, out, overwrite=True)
+    interrupt.run = run
+    try:
+        for event in run.events():
+            if event["type"] == "selection":
+                print(f"  selection {event['index']}: {event['trainable_tensors']} tensors, predicted ratio "
+                      f"{event['predicted_ratio']:.3f}", flush=True)
+            elif event["type"] == "eval" and event.get("split") == "validation" and "loss" in event:
+                print(f"  validation loss {event['loss']:.4f} after step {event['step']}", flush=True)
+    finally:
+        interrupt.run = None
+    return run.summary
+
+
+# --------------------------------------------------------------------------------------------------- results
+
+_ROW_KEYS = ("label", "scheme", "rho", "k", "status", "steps", "flops_total", "flops_training", "flops_selection",
+             "flops_full_equivalent", "flops_ratio", "flops_ratio_training", "val_loss", "rouge1", "rouge2",
+             "rougeL", "rougeLsum", "validation_rougeL", "wall_seconds", "selection_seconds", "eval_seconds",
+             "peak_memory_bytes", "trainable_params", "total_params", "train_examples", "selections")
+
+
+def run_row(config: TrainConfig, out: Path, summary: dict) -> dict:
+    """One run's numbers, all from its summary (plus the tensors each selection chose, from its record)."""
+    row = {key: summary.get(key) for key in _ROW_KEYS}
+    row["seed"] = config.seed
+    row["run_dir"] = out.name
+    selections = load_run(out).selections
+    row["selected_tensors"] = [s["trainable_tensors"] for s in selections]
+    row["predicted_ratio"] = [s["predicted_ratio"] for s in selections]
+    return row
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def spread(rows: list[dict], headline: list[str]) -> list[dict]:
+    """Per headline scheme with more than one seed: mean, min and max of ROUGE-L, validation loss and FLOPs ratio."""
+    out = []
+    for label in headline:
+        mine = [r for r in rows if r["label"] == label and r["rougeL"] is not None]
+        if len(mine) < 2:
+            continue
+        entry: dict[str, Any] = {"label": label, "seeds": [r["seed"] for r in mine]}
+        for key in ("rouge1", "rouge2", "rougeL", "val_loss", "flops_ratio", "wall_seconds"):
+            values = [r[key] for r in mine]
+            entry[key] = {"mean": _mean(values), "min": min(values), "max": max(values),
+                          "range": max(values) - min(values)}
+        out.append(entry)
+    return out
+
+
+def _by_label(rows: list[dict], label: str, seed: int | None = None) -> list[dict]:
+    return [r for r in rows if r["label"] == label and r["rougeL"] is not None and (seed is None or r["seed"] == seed)]
+
+
+def checks(rows: list[dict], first_seed: int) -> dict:
+    """The issue's targets, on the first seed's runs and, where both schemes have several seeds, on seed means."""
+    result: dict[str, Any] = {}
+    full, green = _by_label(rows, "full"), _by_label(rows, "green:0.5")
+    if full and green:
+        for basis in ("first_seed", "seed_mean"):
+            f = [r for r in full if basis == "seed_mean" or r["seed"] == first_seed]
+            g = [r for r in green if basis == "seed_mean" or r["seed"] == first_seed]
+            if not f or not g or (basis == "seed_mean" and (len(f) < 2 or len(g) < 2)):
+                continue
+            gap = _mean([r["rougeL"] for r in f]) - _mean([r["rougeL"] for r in g])
+            ratio = _mean([r["flops_ratio"] for r in g])
+            result[f"green_0.5_vs_full_{basis}"] = {
+                "rougeL_gap": gap, "flops_ratio": ratio, "target_gap": TARGET_ROUGE_GAP, "target_ratio": TARGET_RATIO,
+                "met": bool(gap <= TARGET_ROUGE_GAP and ratio <= TARGET_RATIO)}
+    lora = _by_label(rows, "lora", first_seed)
+    if lora:
+        cheaper = [r for r in rows if r["scheme"] == "green" and r["seed"] == first_seed and r["rougeL"] is not None
+                   and r["flops_ratio"] < lora[0]["flops_ratio"]]
+        if cheaper:
+            best = max(cheaper, key=lambda r: r["rho"])  # the largest rho still below LoRA's measured FLOPs
+            result["green_below_lora_flops_vs_lora"] = {
+                "green": best["label"], "green_flops_ratio": best["flops_ratio"], "green_rougeL": best["rougeL"],
+                "lora_flops_ratio": lora[0]["flops_ratio"], "lora_rougeL": lora[0]["rougeL"],
+                "met": bool(best["rougeL"] >= lora[0]["rougeL"])}
+    rand, green0 = _by_label(rows, "random:0.5", first_seed), _by_label(rows, "green:0.5", first_seed)
+    if rand and green0:
+        noise = spread(rows, ["green:0.5"])
+        margin = max(1.0, noise[0]["rougeL"]["range"]) if noise else 1.0
+        diff = green0[0]["rougeL"] - rand[0]["rougeL"]
+        result["random_0.5_below_green_0.5"] = {
+            "green_rougeL": green0[0]["rougeL"], "random_rougeL": rand[0]["rougeL"], "difference": diff,
+            "required_margin": margin, "met": bool(diff > margin),
+            "note": "clearly below = by more than max(1 point, green:0.5's ROUGE-L range over seeds)"}
+    return result
+
+
+def _fmt(value: Any, spec: str, missing: str = "-") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def results_table(rows: list[dict], failed: list[dict], spreads: list[dict], found: dict, settings: dict, pending: list[str]) -> str:
+    """The Markdown written next to the JSON."""
+    header = ["run", "seed", "status", "training FLOPs", "ratio to full", "of which selection", "wall time (train)",
+              "peak memory", "trainable params", "tensors selected", "val loss", "ROUGE-1", "ROUGE-2", "ROUGE-L"]
+    body = []
+    for r in rows:
+        full = r["flops_full_equivalent"] or 0
+        selection_share = r["flops_selection"] / full if full and r["flops_selection"] is not None else None
+        mem = r["peak_memory_bytes"]
+        body.append([
+            r["label"], r["seed"], r["status"], format_flops(r["flops_total"] or 0), _fmt(r["flops_ratio"], ".3f"),
+            _fmt(selection_share, ".3f"), _fmt(r["wall_seconds"], ".0f") + " s",
+            "-" if mem is None else f"{mem / 2**20:.0f} MiB", f"{r['trainable_params']:,}",
+            ",".join(str(n) for n in r["selected_tensors"]) or "-", _fmt(r["val_loss"], ".3f"),
+            _fmt(r["rouge1"], ".2f"), _fmt(r["rouge2"], ".2f"), _fmt(r["rougeL"], ".2f")])
+    lines = ["## Runs", "",
+             "FLOPs are measured (FlopCounterMode) and include GreenTrainer's profiling and probe passes; the ratio is "
+             "to full fine-tuning on the same batches. Wall time is training plus selection (evaluation excluded). "
+             "Peak memory is the peak resident set above the start of training (CPU).", "",
+             markdown_table(header, body)]
+    if spreads:
+        lines += ["", "## Spread over seeds", "",
+                  markdown_table(["scheme", "seeds", "ROUGE-L mean", "ROUGE-L min-max", "val loss min-max",
+                                  "FLOPs ratio min-max"],
+                                 [[s["label"], ",".join(map(str, s["seeds"])), f"{s['rougeL']['mean']:.2f}",
+                                   f"{s['rougeL']['min']:.2f}-{s['rougeL']['max']:.2f}",
+                                   f"{s['val_loss']['min']:.3f}-{s['val_loss']['max']:.3f}",
+                                   f"{s['flops_ratio']['min']:.3f}-{s['flops_ratio']['max']:.3f}"] for s in spreads])]
+    if found:
+        lines += ["", "## Targets", ""]
+        for name, c in found.items():
+            detail = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in c.items()
+                               if k not in ("met", "note"))
+            lines.append(f"- **{name}**: {'met' if c['met'] else 'NOT met'} ({detail})")
+    if failed:
+        lines += ["", "## Failed runs", ""] + [f"- {f['label']} (seed {f['seed']}): {f['error']}" for f in failed]
+    if pending:
+        lines += ["", f"Not finished yet: {', '.join(pending)}."]
+    lines += ["", "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items())]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path, title: str) -> str | None:
+    """ROUGE-L against FLOPs saved (PNG, matplotlib); headline schemes show their seed range as error bars."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no PNG (pip install matplotlib)", file=sys.stderr)
+        return None
+    scored = [r for r in rows if r["rougeL"] is not None and r["flops_ratio"] is not None]
+    if not scored:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    colors = {"full": "#1f77b4", "lora": "#ff7f0e", "top-k": "#8c564b", "bitfit": "#9467bd", "green": "#2ca02c",
+              "random": "#7f7f7f", "layernorm": "#e377c2", "prefix": "#17becf"}
+    for i, label in enumerate(dict.fromkeys(r["label"] for r in scored)):
+        mine = [r for r in scored if r["label"] == label]
+        x = [100 * (1 - r["flops_ratio"]) for r in mine]
+        y = [r["rougeL"] for r in mine]
+        xm, ym = _mean(x), _mean(y)
+        color = colors.get(mine[0]["scheme"], "black")
+        if len(mine) > 1:
+            ax.errorbar(xm, ym, yerr=[[ym - min(y)], [max(y) - ym]], xerr=[[xm - min(x)], [max(x) - xm]], fmt="o",
+                        color=color, capsize=4, markersize=8)
+        else:
+            ax.plot(xm, ym, "o", color=color, markersize=8)
+        ax.annotate(label + (f" ({len(mine)} seeds)" if len(mine) > 1 else ""), (xm, ym),
+                    textcoords="offset points", xytext=(6, 6 - 12 * (i % 3)), fontsize=9)
+    ax.set_xlabel("training FLOPs saved vs full fine-tuning (%), measured, selection included")
+    ax.set_ylabel("test ROUGE-L")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return str(path)
+
+
+def write(name: str, rows: list[dict], failed: list[dict], configs: list[TrainConfig], settings: dict, first_seed: int,
+          results_dir: Path | None, quick: bool, context: dict) -> None:
+    spreads = spread(rows, HEADLINE)
+    found = checks(rows, first_seed)
+    done = {(r["label"], r["seed"]) for r in rows + failed}
+    pending = [f"{c.name} (seed {c.seed})" for c in configs if (c.name, c.seed) not in done]
+    out = Path(results_dir) if results_dir is not None else RESULTS_DIR
+    png = plot(rows, out / f"{name}.png", f"{settings['model']} on {settings['dataset']}: ROUGE-L vs FLOPs saved"
+               + (" (quick smoke run)" if quick else ""))
+    payload = {
+        "description": "Every scheme fine-tuned with the same data, seed and settings; numbers from the run "
+                       "summaries (measured FLOPs incl. selection overhead, ratio to full fine-tuning on the same "
+                       "batches, wall time, peak memory, validation loss, test ROUGE in percent).",
+        "quick": quick, "settings": settings, "runs": rows, "failed": failed, "spread": spreads, "checks": found,
+        "pending": pending, "complete": not pending and not failed, "plot": Path(png).name if png else None,
+        "timing": {"context_at_start": context, "context_at_end": timing_context(),
+                   "note": contention_note(context, timing_context())},
+    }
+    write_results(name, payload, results_table(rows, failed, spreads, found, settings, pending)
+                  + f"\n\nMachine load: {payload['timing']['note']}", command_line(), results_dir)
+
+
+def results_name(base: str, quick: bool, settings: dict) -> str:
+    """quality (or quality_estimate) for the default model, quality_<model> for another, quality_quick for --quick."""
+    if quick:
+        return f"{base}_quick"
+    return base if settings["model"] == FULL["model"] else f"{base}_{settings['model']}"
+
+
+def run_benchmark(args: argparse.Namespace, settings: dict) -> int:
+    name = results_name("quality", args.quick, settings)
+    work = args.work_dir or ROOT / "bench" / "work" / name
+    if args.fresh and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    schemes = args.schemes.split(",") if args.schemes else SCHEMES
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    configs = plan(settings, schemes, HEADLINE, seeds)
+    context = timing_context()
+    rows: list[dict] = []
+    failed: list[dict] = []
+    status = 0
+    with _Interrupt() as interrupt:
+        for i, config in enumerate(configs, 1):
+            out = run_dir(work, config)
+            summary = finished_summary(out, config)
+            if summary is None:
+                print(f"[{i}/{len(configs)}] {config.name} seed {config.seed} -> {out}", flush=True)
+                started = time.time()
+                try:
+                    summary = execute(config, out, interrupt)
+                except Exception as err:  # one failing scheme must not lose the others: record it and go on
+                    traceback.print_exc()
+                    summary = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+                print(f"  {summary['status']} in {time.time() - started:.0f} s: FLOPs ratio "
+                      f"{_fmt(summary.get('flops_ratio'), '.3f')}, ROUGE-L {_fmt(summary.get('rougeL'), '.2f')}",
+                      flush=True)
+            else:
+                print(f"[{i}/{len(configs)}] {config.name} seed {config.seed}: finished earlier, read back", flush=True)
+            if summary.get("status") == "finished":
+                rows.append(run_row(config, out, summary))
+            elif summary.get("status") == "failed":
+                failed.append({"label": config.name, "seed": config.seed, "run_dir": out.name,
+                               "error": summary.get("error")})
+                status = 1
+            write(name, rows, failed, configs, settings, seeds[0], args.results_dir, args.quick, context)
+            if interrupt.requested:
+                print(f"interrupted: run the same command again to continue ({out.name} resumes from its "
+                      "checkpoint)", flush=True)
+                status = 130
+                break
+    print((RESULTS_DIR if args.results_dir is None else args.results_dir) / f"{name}.md")
+    return status
+
+
+# --------------------------------------------------------------------------------------------------- estimate
+
+
+_TIMING_KEYS = ("model", "dataset", "batch_size", "max_source_tokens", "max_target_tokens", "num_beams",
+                "probe_batches")
+
+
+def time_probes(args: argparse.Namespace, settings: dict, work: Path) -> dict:
+    """Run a few steps (and the evaluation on a few examples) of each scheme in --estimate-schemes; time them."""
+    import numpy as np
+    import torch
+
+    from greencore.data import load_summarization
+
+    steps_timed = args.estimate_steps
+    if work.exists():
+        shutil.rmtree(work)
+    probes = {}
+    for scheme in args.estimate_schemes.split(","):
+        config = TrainConfig(scheme=scheme, seed=0, **{**settings, "max_steps": steps_timed,
+                                                        "max_eval_examples": args.estimate_eval_examples})
+        out = work / scheme.replace(":", "-")
+        started, cpu_started = time.time(), time.process_time()
+        run = Run(config, out)
+        for _ in run.events():
+            pass
+        elapsed, cpu = time.time() - started, time.process_time() - cpu_started
+        s = run.summary
+        train_rows = [m for m in load_run(out).metrics if m["type"] == "train"]
+        step_times = np.diff([0.0] + [m["time"] for m in train_rows])
+        n_eval = sum(len(load_summarization(settings["dataset"], max_examples=args.estimate_eval_examples)[split])
+                     for split in ("validation", "test"))
+        probes[scheme] = {
+            "steps": s["steps"], "elapsed_seconds": elapsed, "wall_seconds": s["wall_seconds"],
+            "eval_seconds": s["eval_seconds"], "selection_seconds": s["selection_seconds"],
+            "step_seconds": step_times.tolist(), "median_step_seconds": float(np.median(step_times)),
+            "flops_ratio": s["flops_ratio"], "flops_ratio_training": s["flops_ratio_training"],
+            "eval_examples": n_eval,
+            "setup_seconds": elapsed - s["wall_seconds"] - s["eval_seconds"],
+            "cpu_seconds": cpu, "cpu_share": cpu / elapsed / max(1, torch.get_num_threads()),
+        }
+        print(scheme, json.dumps({k: v for k, v in probes[scheme].items() if k != "step_seconds"}), flush=True)
+
+    shutil.rmtree(work, ignore_errors=True)
+    return probes
+
+
+def estimate(args: argparse.Namespace, settings: dict) -> int:
+    """Time a few steps of full, green and LoRA on the full configuration and extrapolate the whole benchmark."""
+    import numpy as np
+    import torch
+
+    from greencore.data import encode_examples, load_summarization
+    from greencore.models import load_model
+    from greencore.profile import profile_model
+    from greencore.data import collate
+    from greencore.importance import tensor_importance
+    from greencore.schemes import parse_scheme, static_trainable
+    from greencore.select import select_tensors
+
+    context = timing_context()
+    work = Path(args.work_dir or ROOT / "bench" / "work" / "quality_estimate")
+    if args.estimate_from:
+        earlier = json.loads(Path(args.estimate_from).read_text())
+        timed_on = {k: earlier["settings"][k] for k in _TIMING_KEYS}
+        if timed_on != {k: settings[k] for k in _TIMING_KEYS}:
+            raise SystemExit(f"{args.estimate_from} timed other settings ({timed_on}); time them again")
+        probes = earlier["probes"]
+        timed = earlier.get("probes_timed") or {"date": earlier["meta"]["date"], "command": earlier["meta"]["command"],
+                                                 "load": earlier["timing"]["note"]}
+    else:
+        probes = time_probes(args, settings, work)
+        timed = {"date": "this run", "command": command_line(), "load": contention_note(context, timing_context())}
+
+    # predicted FLOPs ratio of every scheme on the first training batch (the selection's own prediction for green)
+    torch.manual_seed(0)
+    model, tokenizer = load_model(settings["model"], device="cpu")
+    model.train()
+    data = load_summarization(settings["dataset"], max_examples={"train": settings["max_train_examples"]})
+    rows, _ = encode_examples(tokenizer, data["train"], is_encoder_decoder=bool(model.config.is_encoder_decoder),
+                              max_source_tokens=settings["max_source_tokens"],
+                              max_target_tokens=settings["max_target_tokens"])
+    steps = len(rows) // settings["batch_size"] * settings["epochs"]
+    profile = profile_model(model, collate(tokenizer, rows[:settings["batch_size"]]))
+    full = profile.full_flops
+    probe_rows = rows[settings["batch_size"]:settings["batch_size"] * (1 + settings["probe_batches"])]
+    probe_batches = [collate(tokenizer, probe_rows[i::settings["probe_batches"]])
+                     for i in range(settings["probe_batches"])]
+    importance = tensor_importance(model, probe_batches, None, settings["metric"], profile=profile)
+    predicted = {}
+    for scheme in SCHEMES:
+        spec = parse_scheme(scheme)
+        if spec.name == "green":  # what the selection at the start of training is predicted to cost
+            predicted[scheme] = select_tensors(profile, importance, spec.rho).predicted_ratio
+        elif spec.name == "random":
+            predicted[scheme] = spec.rho
+        elif spec.name == "lora":  # adapters on every block: the activation gradient runs through the whole network
+            predicted[scheme] = (profile.t_fp + profile.t_dy.sum()) / full
+        else:
+            predicted[scheme] = profile.step_flops(profile.as_mask(static_trainable(spec, profile))) / full
+
+    # On a shared machine this process gets only part of its threads' cores. Each probe's CPU time over its wall time
+    # (per thread) says how much; scaling its times by that share gives what the same thread count takes on an
+    # otherwise idle machine ("quiet" seconds). The plan is computed in quiet seconds.
+    for p in probes.values():
+        p["cpu_share"] = min(1.0, p["cpu_share"])
+        p["quiet_step_seconds"] = p["median_step_seconds"] * p["cpu_share"]
+        p["quiet_eval_seconds_per_example"] = p["eval_seconds"] * p["cpu_share"] / p["eval_examples"]
+        p["quiet_setup_seconds"] = p["setup_seconds"] * p["cpu_share"]
+    # step time is about linear in the step's FLOPs ratio: fit t = a + b * ratio on the timed schemes
+    ratios = np.array([p["flops_ratio_training"] for p in probes.values()])
+    times = np.array([p["quiet_step_seconds"] for p in probes.values()])
+    b, a = np.polyfit(ratios, times, 1) if len(set(ratios.round(3))) > 1 else (times.mean(), 0.0)
+    eval_per_example = float(np.median([p["quiet_eval_seconds_per_example"] for p in probes.values()]))
+    setup = float(np.median([p["quiet_setup_seconds"] for p in probes.values()]))
+    cpu_share = float(np.mean([p["cpu_share"] for p in probes.values()]))
+    n_eval = sum(len(load_summarization(settings["dataset"], max_examples=settings["max_eval_examples"])[split])
+                 for split in ("validation", "test"))
+    plan_rows = []
+    total = 0.0
+    for config in plan(settings, SCHEMES, HEADLINE, SEEDS):
+        ratio = predicted[config.scheme]
+        seconds = steps * (a + b * ratio) + n_eval * eval_per_example + setup
+        total += seconds
+        plan_rows.append({"run": config.name, "seed": config.seed, "predicted_ratio": float(ratio),
+                          "steps": steps, "seconds": float(seconds)})
+    threads = torch.get_num_threads()
+    payload = {
+        "description": "Time of the full quality benchmark, extrapolated from a few timed steps of some schemes: "
+                       "per run, steps x (a + b x FLOPs ratio) + evaluation examples x seconds per example + set-up "
+                       "(model load, profiling, per-shape FLOPs measurement). All in quiet seconds: each probe's "
+                       "times scaled by the CPU share it got (CPU time / wall time / threads), i.e. the same thread "
+                       "count on an otherwise idle machine; loaded_minutes undoes that scaling at the mean share.",
+        "settings": settings, "probes": probes, "fit": {"a": float(a), "b": float(b)},
+        "probes_timed": timed,
+        "eval_seconds_per_example": eval_per_example, "setup_seconds": setup, "steps_per_run": steps,
+        "eval_examples_per_run": n_eval, "plan": plan_rows, "threads": threads,
+        "quiet_minutes": total / 60, "cpu_share": cpu_share, "loaded_minutes": total / cpu_share / 60,
+        "timing": {"context_at_start": context, "context_at_end": timing_context(),
+                   "note": contention_note(context, timing_context())},
+    }
+    table = markdown_table(["run", "seed", "predicted FLOPs ratio", "steps", "estimated time"],
+                           [[p["run"], p["seed"], f"{p['predicted_ratio']:.3f}", p["steps"],
+                             f"{p['seconds'] / 60:.1f} min"] for p in plan_rows])
+    probe_table = markdown_table(
+        ["timed scheme", "steps", "median step (measured)", "CPU share", "median step (quiet)",
+         "measured FLOPs ratio", "eval s/example (quiet)", "set-up (quiet)"],
+        [[s, p["steps"], f"{p['median_step_seconds']:.2f} s", f"{p['cpu_share']:.0%}",
+          f"{p['quiet_step_seconds']:.2f} s", f"{p['flops_ratio_training']:.3f}",
+          f"{p['quiet_eval_seconds_per_example']:.2f} s", f"{p['quiet_setup_seconds']:.0f} s"]
+         for s, p in probes.items()])
+    md = (f"## Timed steps ({threads} torch thread(s); timed {timed['date']} by `{timed['command']}`)\n\n"
+          f"{probe_table}\n\n"
+          f"Fit (quiet): step seconds = {a:.2f} + {b:.2f} x FLOPs ratio; evaluation {eval_per_example:.2f} s per "
+          f"generated example (median over the timed schemes), set-up {setup:.0f} s per run.\n\n"
+          f"## Estimate: {total / 60:.0f} minutes with {threads} thread(s) on a quiet machine "
+          f"({total / cpu_share / 60:.0f} minutes at the load measured, where this process got {cpu_share:.0%} of "
+          f"its threads' CPU time)\n\n{table}\n\nMachine load while the steps were timed: {timed['load']}")
+    write_results(results_name("quality_estimate", False, settings), payload, md, command_line(), args.results_dir)
+    print(md)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny model, a few steps: a smoke test (~1 minute)")
+    parser.add_argument("--estimate", action="store_true",
+                        help="time a few steps of the full configuration and estimate the whole benchmark's time")
+    parser.add_argument("--results-dir", type=Path, default=None, help="where to write (default bench/results)")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="where the run folders live (default bench/work/quality or bench/work/quality_quick)")
+    parser.add_argument("--fresh", action="store_true", help="delete the work folder first (re-run everything)")
+    parser.add_argument("--schemes", default=None, help=f"comma-separated subset (default {','.join(SCHEMES)})")
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)),
+                        help="first seed for every scheme, further seeds for the headline schemes (default 0,1)")
+    parser.add_argument("--model", default=None, help="override the model (default minilm; tiny-gpt2 with --quick)")
+    parser.add_argument("--max-train-examples", type=int, default=None, help="override the training subset")
+    parser.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
+    parser.add_argument("--estimate-steps", type=int, default=8, help="steps timed per scheme with --estimate")
+    parser.add_argument("--estimate-schemes", default="full,green:0.5,green:0.7,lora",
+                        help="schemes timed with --estimate")
+    parser.add_argument("--estimate-from", type=Path, default=None,
+                        help="with --estimate: reuse the timed steps of an earlier quality_estimate.json")
+    parser.add_argument("--estimate-eval-examples", type=int, default=8,
+                        help="validation and test examples generated per timed scheme with --estimate")
+    args = parser.parse_args(argv)
+    settings = dict(QUICK if args.quick else FULL)
+    for key in ("model", "max_train_examples", "epochs"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    if args.estimate:
+        return estimate(args, settings)
+    return run_benchmark(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
