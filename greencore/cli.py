@@ -6,7 +6,6 @@ Every subcommand composes library calls; bad arguments end with exit status 2 an
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 from pathlib import Path

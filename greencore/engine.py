@@ -37,7 +37,7 @@ from .data import batches, collate, encode_examples, load_summarization, pad_tok
 from .flops import flop_counter, measure_training_flops, model_loss, rng_devices
 from .importance import IMPORTANCE_METRICS, tensor_importance
 from .models import load_model
-from .profile import TensorProfile, profile_model
+from .profile import profile_model
 from .records import RunWriter, checkpoints, load_checkpoint, read_jsonl
 from .schemes import SchemeSpec, parse_scheme, static_trainable, wrap_peft
 from .select import select_tensors
@@ -419,7 +419,6 @@ class _Trainer:
         return row
 
     def _step(self, batch: dict, epoch: int, index: int, step: int) -> dict:
-        c = self.config
         shape = tuple((k, tuple(v.shape)) for k, v in sorted(batch.items()))
         key = (tuple(self.trainable), shape)
         self.model.train()
@@ -433,13 +432,7 @@ class _Trainer:
             with flop_counter() as bwd:
                 _backward(loss)
             self.step_flops[key] = (fwd.get_total_flops(), bwd.get_total_flops())
-        params = [p for p in self.optimizer.param_groups[0]["params"] if p.grad is not None]
-        if c.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
-        lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        lr = self._update()
         self.counters["train_seconds"] += time.perf_counter() - started
         if shape not in self.full_flops:
             with _adapters_disabled(self.model):
@@ -453,6 +446,17 @@ class _Trainer:
                "total_steps": self.total_steps}
         self.writer.append("metrics", row)
         return row
+
+    def _update(self) -> float:
+        """Clip, step the optimizer and the schedule, drop the gradients; returns the learning rate used."""
+        params = [p for p in self.optimizer.param_groups[0]["params"] if p.grad is not None]
+        if self.config.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return lr
 
     def _dist_step(self, shard: dict, share: float, epoch: int, index: int, step: int) -> dict:
         """One step of a distributed run on this rank's shard of the global batch (see `distributed`).
@@ -491,13 +495,7 @@ class _Trainer:
             self._write_summary("failed", step, error=f"loss became {global_loss} at step {step + 1}")
             raise TrainingError(f"the loss became {global_loss} at step {step + 1} (epoch {epoch + 1}); {kept}. "
                                 f"Lower the learning rate (now {c.lr}) and start again")
-        params = [p for p in self.optimizer.param_groups[0]["params"] if p.grad is not None]
-        if c.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
-        lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        lr = self._update()
         self.counters["train_seconds"] += seconds + time.perf_counter() - started
         self.trainable_params = max(self.trainable_params, _count_params(self.model, self.trainable))
         row = {"type": "train", "step": step + 1, "epoch": epoch + (index + 1) / self.steps_per_epoch,
