@@ -138,6 +138,19 @@ def select_tensors(
     )
 
 
+def _bucket_unit(prefix: np.ndarray, t_dw: np.ndarray, unit: float) -> float:
+    """A bucket size that divides every cost when the costs are whole numbers with a common factor (FLOP counts of
+    matmuls share large powers of two), so a selection that costs exactly the budget still fits; else `unit`."""
+    costs = np.concatenate([t_dw, prefix])
+    if not np.all(costs == np.floor(costs)) or costs.max(initial=0) >= 2**62:
+        return unit
+    g = 0
+    for c in costs:
+        if c > 0:
+            g = math.gcd(g, int(c))
+    return unit if g == 0 else g * max(1, math.floor(unit / g))
+
+
 def _solve_prefix(
     prefix: np.ndarray,
     t_dw: np.ndarray,
@@ -152,7 +165,7 @@ def _solve_prefix(
     if cost(useful) <= budget:
         return useful
     resolution = DEFAULT_RESOLUTION if resolution is None else resolution
-    unit = total / resolution
+    unit = _bucket_unit(prefix, t_dw, total / resolution)
     shrink = 0.0
     while True:  # float rounding can put a mask a few ulps over; solve again for a smaller budget until it fits
         mask = _knapsack_chain(prefix, t_dw, importance, budget - shrink, unit)

@@ -257,3 +257,12 @@ def test_importance_length_mismatch_is_rejected() -> None:
 def test_bad_input_is_rejected(t_dy, t_dw, importance, budget, resolution, match) -> None:  # noqa: ANN001
     with pytest.raises(ValueError, match=match):
         solve_selection(t_dy, t_dw, importance, budget, resolution=resolution)
+
+
+def test_an_exact_fit_is_found_when_costs_share_a_large_factor():
+    # matmul FLOP counts share large powers of two; with buckets that do not divide them, a selection costing
+    # exactly the budget would be rounded out of reach ({0, 1} costs 7g = budget; {2} alone is worth less)
+    g = 7 * 2**20
+    mask = solve_selection(np.zeros(3), np.array([3.0, 4.0, 6.0]) * g, np.array([1.0, 1.0, 1.5]), 7.0 * g,
+                           resolution=20)
+    assert mask.tolist() == [True, True, False]
