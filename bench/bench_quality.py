@@ -4,7 +4,7 @@ Usage:
     python bench/bench_quality.py                 # the full benchmark (minilm on stdlib-tldr; see FULL below)
     python bench/bench_quality.py --quick         # tiny-gpt2, a few steps per scheme: a smoke test (~1 minute)
     python bench/bench_quality.py --estimate      # time a few steps of the full configuration and extrapolate
-    python bench/bench_quality.py --model minilm-seq2seq   # -> quality_minilm-seq2seq.*, bench/work/quality_minilm-seq2seq
+    python bench/bench_quality.py --model minilm-seq2seq   # writes quality_minilm-seq2seq.*
 
 Schemes: full, lora, top-k:2, bitfit, green at rho 0.4/0.5/0.6/0.7 and random at 0.5 (seed 0), and the headline
 schemes full, lora and green:0.5 again with seed 1 for the spread. Every number comes from the run summaries the
@@ -49,9 +49,9 @@ HEADLINE = ["full", "lora", "green:0.5"]
 SEEDS = (0, 1)
 
 # The full configuration: minilm on stdlib-tldr, one epoch over the first 800 training pairs (those that fit the
-# length limits make 96 steps of 8), one selection per epoch from 2 probe batches, ROUGE on the first 100 validation and 100 test
-# pairs with beam search 2. lr 5e-4 (linear decay): in 77-step pilots of full fine-tuning it reached a lower
-# validation loss (5.79) than 1e-4 (6.03) or 1e-3 (5.85). Sized with --estimate (bench/results/quality_estimate.md)
+# length limits make 96 steps of 8), one selection per epoch from 2 probe batches, ROUGE on the first 100 validation
+# and 100 test pairs with beam search 2. lr 5e-4 (linear decay): in 77-step pilots of full fine-tuning it reached a
+# lower validation loss (5.79) than 1e-4 (6.03) or 1e-3 (5.85). Sized with --estimate (results/quality_estimate.md)
 # to finish in about an hour on 2 quiet CPU cores (under 2 hours with 1 thread).
 FULL = dict(model="minilm", dataset="stdlib-tldr", epochs=1, max_train_examples=800, max_eval_examples=100,
             batch_size=8, max_source_tokens=128, max_target_tokens=32, lr=5e-4, weight_decay=0.01, num_beams=2,
@@ -153,9 +153,14 @@ def run_row(config: TrainConfig, out: Path, summary: dict) -> dict:
     row = {key: summary.get(key) for key in _ROW_KEYS}
     row["seed"] = config.seed
     row["run_dir"] = out.name
-    selections = load_run(out).selections
-    row["selected_tensors"] = [s["trainable_tensors"] for s in selections]
-    row["predicted_ratio"] = [s["predicted_ratio"] for s in selections]
+    record = load_run(out)
+    row["selected_tensors"] = [s["trainable_tensors"] for s in record.selections]
+    row["predicted_ratio"] = [s["predicted_ratio"] for s in record.selections]
+    # the engine keeps 5 test predictions: a model that answers every input alike scores ROUGE from its prior alone
+    tests = [m for m in record.metrics if m["type"] == "eval" and m.get("split") == "test" and "examples" in m]
+    samples = [e["prediction"] for e in tests[-1]["examples"]] if tests else []
+    row["test_sample_predictions"] = samples
+    row["distinct_sample_predictions"] = len(set(samples))
     return row
 
 
@@ -224,10 +229,12 @@ def _fmt(value: Any, spec: str, missing: str = "-") -> str:
     return missing if value is None else format(value, spec)
 
 
-def results_table(rows: list[dict], failed: list[dict], spreads: list[dict], found: dict, settings: dict, pending: list[str]) -> str:
+def results_table(rows: list[dict], failed: list[dict], spreads: list[dict], found: dict, settings: dict,
+                  pending: list[str]) -> str:
     """The Markdown written next to the JSON."""
     header = ["run", "seed", "status", "training FLOPs", "ratio to full", "of which selection", "wall time (train)",
-              "peak memory", "trainable params", "tensors selected", "val loss", "ROUGE-1", "ROUGE-2", "ROUGE-L"]
+              "peak memory", "trainable params", "tensors selected", "val loss", "ROUGE-1", "ROUGE-2", "ROUGE-L",
+              "distinct sample outputs (of up to 5)"]
     body = []
     for r in rows:
         full = r["flops_full_equivalent"] or 0
@@ -238,11 +245,14 @@ def results_table(rows: list[dict], failed: list[dict], spreads: list[dict], fou
             _fmt(selection_share, ".3f"), _fmt(r["wall_seconds"], ".0f") + " s",
             "-" if mem is None else f"{mem / 2**20:.0f} MiB", f"{r['trainable_params']:,}",
             ",".join(str(n) for n in r["selected_tensors"]) or "-", _fmt(r["val_loss"], ".3f"),
-            _fmt(r["rouge1"], ".2f"), _fmt(r["rouge2"], ".2f"), _fmt(r["rougeL"], ".2f")])
+            _fmt(r["rouge1"], ".2f"), _fmt(r["rouge2"], ".2f"), _fmt(r["rougeL"], ".2f"),
+            r.get("distinct_sample_predictions", "-")])
     lines = ["## Runs", "",
              "FLOPs are measured (FlopCounterMode) and include GreenTrainer's profiling and probe passes; the ratio is "
              "to full fine-tuning on the same batches. Wall time is training plus selection (evaluation excluded). "
-             "Peak memory is the peak resident set above the start of training (CPU).", "",
+             "Peak memory is the peak resident set above the start of training (CPU). The last column counts the "
+             "distinct outputs among the test predictions the run record keeps (up to 5): 1 means the model writes "
+             "the same summary for every input, and its ROUGE measures that one sentence, not summarisation.", "",
              markdown_table(header, body)]
     if spreads:
         lines += ["", "## Spread over seeds", "",
@@ -258,6 +268,11 @@ def results_table(rows: list[dict], failed: list[dict], spreads: list[dict], fou
             detail = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in c.items()
                                if k not in ("met", "note"))
             lines.append(f"- **{name}**: {'met' if c['met'] else 'NOT met'} ({detail})")
+    constant = [f"{r['label']} (seed {r['seed']})" for r in rows if r.get("distinct_sample_predictions") == 1]
+    if constant:
+        lines += ["", "Runs that wrote one and the same summary for every kept test input (up to 5): "
+                  f"{', '.join(constant)}. Their ROUGE scores that one sentence; a target met between such runs is "
+                  "not evidence about summarisation (compare validation losses instead)."]
     if failed:
         lines += ["", "## Failed runs", ""] + [f"- {f['label']} (seed {f['seed']}): {f['error']}" for f in failed]
     if pending:
@@ -322,6 +337,7 @@ def write(name: str, rows: list[dict], failed: list[dict], configs: list[TrainCo
                        "summaries (measured FLOPs incl. selection overhead, ratio to full fine-tuning on the same "
                        "batches, wall time, peak memory, validation loss, test ROUGE in percent).",
         "quick": quick, "settings": settings, "runs": rows, "failed": failed, "spread": spreads, "checks": found,
+        "constant_output_runs": [[r["label"], r["seed"]] for r in rows if r.get("distinct_sample_predictions") == 1],
         "pending": pending, "complete": not pending and not failed, "plot": Path(png).name if png else None,
         "timing": {"context_at_start": context, "context_at_end": timing_context(),
                    "note": contention_note(context, timing_context())},

@@ -14,8 +14,6 @@ import pytest
 pytestmark = pytest.mark.timeout(1200)
 
 ROOT = Path(__file__).resolve().parents[1]
-# A selection that trains nothing (rho too small for anything but the forward pass) made the engine call backward on
-# a loss without grad; quick runs that hit it are reported as this known failure rather than as a broken benchmark.
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +76,7 @@ def test_quality_runs_and_checks(results):
     labels = {(r["label"], r["seed"]) for r in runs} | {(f["label"], f["seed"]) for f in failed}
     expected = {(s, 0) for s in ("full", "lora", "top-k:2", "bitfit", "green:0.4", "green:0.5", "green:0.6",
                                  "green:0.7", "random:0.5")} | {(s, 1) for s in ("full", "lora", "green:0.5")}
-    assert labels == expected and not data["pending"]
-    for f in failed:
-        assert f["error"]
+    assert labels == expected and not data["pending"] and not failed, failed
     by = {(r["label"], r["seed"]): r for r in runs}
     assert by[("full", 0)]["flops_ratio"] == 1.0 and by[("full", 0)]["flops_selection"] == 0
     for r in runs:
@@ -94,7 +90,9 @@ def test_quality_runs_and_checks(results):
         for key in ("rouge1", "rouge2", "rougeL"):
             assert 0 <= r[key] <= 100
         assert math.isfinite(r["val_loss"]) and r["val_loss"] > 0
-        assert r["wall_seconds"] > 0 and r["trainable_params"] > 0
+        # tiny-gpt2's tied vocabulary projection leaves rho 0.4 room for nothing: that run trains no tensor at all
+        nothing = r["scheme"] == "green" and r["selected_tensors"] == [0]
+        assert r["wall_seconds"] > 0 and (r["trainable_params"] > 0 or nothing)
     assert {s["label"] for s in data["spread"]} == {"full", "lora", "green:0.5"}
     assert {"green_0.5_vs_full_first_seed", "random_0.5_below_green_0.5"} <= data["checks"].keys()
     if data["plot"]:
