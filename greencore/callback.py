@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from . import distributed
+from .flops import own_loss
 from .importance import IMPORTANCE_METRICS, tensor_importance
 from .profile import TensorProfile, profile_model
 from .select import select_tensors
@@ -162,7 +163,7 @@ class GreenTrainerCallback(TrainerCallback):
                 # under DDP every rank profiles rank 0's first batch, so every rank has the same profile
                 first = batches[0] if not info.enabled else _to_device(
                     distributed.broadcast_object(_to_device(batches[0], torch.device("cpu")), info), _device_of(model))
-                self._profile = profile_model(model, first)
+                self._profile = profile_model(model, first, loss_fn=own_loss)  # the loss Trainer computes
             with _base_learning_rates(optimizer):
                 if info.enabled:  # gradients all-reduced over every rank's probe batches
                     importance = distributed.tensor_importance(

@@ -27,14 +27,14 @@ import time
 import weakref
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
 
 from . import distributed
 from .data import batches, collate, encode_examples, load_summarization, pad_token_id
-from .flops import flop_counter, measure_training_flops, model_loss, rng_devices
+from .flops import flop_counter, measure_training_flops, model_loss, rng_devices, scored_positions
 from .importance import IMPORTANCE_METRICS, tensor_importance
 from .models import load_model
 from .profile import profile_model
@@ -419,7 +419,7 @@ class _Trainer:
         return row
 
     def _step(self, batch: dict, epoch: int, index: int, step: int) -> dict:
-        shape = tuple((k, tuple(v.shape)) for k, v in sorted(batch.items()))
+        shape = _cost_key(self.model, batch)
         key = (tuple(self.trainable), shape)
         self.model.train()
         started = time.perf_counter()
@@ -467,7 +467,7 @@ class _Trainer:
         optimizer step.
         """
         c = self.config
-        shape = tuple((k, tuple(v.shape)) for k, v in sorted(shard.items()))
+        shape = _cost_key(self.model, shard)
         key = (tuple(self.trainable), shape)
         self.model.train()
         module = self._wrapped()
@@ -739,6 +739,12 @@ def _linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torc
 
 def _linear_decay(step: int, *, total_steps: int) -> float:
     return max(0.0, float(total_steps - step) / float(max(1, total_steps)))
+
+
+def _cost_key(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple:
+    """What a step's FLOPs depend on besides the trainable set: the batch's tensor shapes and scored positions."""
+    shapes = tuple((k, tuple(v.shape)) for k, v in sorted(batch.items()))
+    return shapes + (("scored_positions", (scored_positions(model, batch),)),)
 
 
 def _shape_key(shape: list) -> tuple:

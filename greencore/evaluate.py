@@ -9,6 +9,7 @@ import torch
 from rouge_score import rouge_scorer
 
 from .data import IGNORE_INDEX, batches, eos_token_id, pad_prompts, pad_token_id, prompt_for_generation
+from .flops import model_loss
 
 __all__ = ["generate_summaries", "rouge", "validation_loss"]
 
@@ -29,7 +30,7 @@ def validation_loss(model: torch.nn.Module, tokenizer, rows: Sequence[dict], *, 
             batch = {k: v.to(device) for k, v in batch.items()}
             labels = batch["labels"] if model.config.is_encoder_decoder else batch["labels"][:, 1:]
             n = int((labels != IGNORE_INDEX).sum())
-            total += float(model(**batch).loss) * n
+            total += float(model_loss(model, batch)) * n
             count += n
     finally:
         model.train(was_training)

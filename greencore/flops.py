@@ -14,7 +14,12 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-__all__ = ["flop_counter", "flop_registry", "measure_training_flops", "model_loss", "rng_devices"]
+from .data import IGNORE_INDEX
+
+__all__ = [
+    "flop_counter", "flop_registry", "measure_training_flops", "model_loss", "own_loss", "rng_devices",
+    "scored_positions",
+]
 
 aten = torch.ops.aten
 
@@ -48,13 +53,87 @@ def rng_devices(tensors: Iterable[torch.Tensor]) -> list[int]:
     return sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
 
 
+SCORED_PER_ROW = 8  # the head runs on a multiple of this many positions per batch row: few distinct costs arise
+
+
 def model_loss(model: torch.nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
-    """Call the model on a batch and return its scalar training loss."""
+    """Call the model on a batch and return its scalar training loss: mean cross-entropy over the labelled tokens.
+
+    A causal language model computes its output head (hidden size x vocabulary, often the largest matmul of the
+    model) only at the positions the loss scores, instead of at every position as `transformers` does. The loss and
+    its gradients are the same as the model's own (`own_loss`); the FLOPs are not: with a prompt of 100 tokens and a
+    summary of 20, the head costs a sixth. The scored positions are padded (with ignored ones) to a multiple of
+    SCORED_PER_ROW per batch row, so that batches of one shape cost one of a few amounts. Other models (encoder-decoder, classifiers) use
+    their own loss.
+    """
+    head = _causal_lm_head(model)
+    if head is None or "labels" not in batch:
+        return own_loss(model, batch)
+    targets = batch["labels"][:, 1:]  # the hidden state at position t predicts the token at t + 1
+    rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
+    scored, pad = len(rows), _scored_width(len(rows), targets.shape) - len(rows)
+    rows = torch.nn.functional.pad(rows, (0, pad))  # padding points at position (0, 0), its target is ignored
+    cols = torch.nn.functional.pad(cols, (0, pad))
+    wanted = targets[rows, cols]
+    wanted[scored:] = IGNORE_INDEX
+
+    def gather_scored(module, args):
+        hidden = args[0]
+        if hidden.shape[:2] != batch["labels"].shape:
+            raise ValueError(f"the output head got hidden states of shape {tuple(hidden.shape)} for labels of shape "
+                             f"{tuple(batch['labels'].shape)}: this model changes the sequence length (virtual "
+                             f"tokens?); train it with its own loss (greencore.flops.own_loss)")
+        return (hidden[rows, cols],) + tuple(args[1:])
+
+    handle = head.register_forward_pre_hook(gather_scored)
+    try:
+        out = model(**{k: v for k, v in batch.items() if k != "labels"})
+    finally:
+        handle.remove()
+    logits = out["logits"] if isinstance(out, Mapping) else out.logits
+    return torch.nn.functional.cross_entropy(logits.float(), wanted, ignore_index=IGNORE_INDEX)
+
+
+def own_loss(model: torch.nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
+    """The loss the model computes itself from the batch's `labels` (what `transformers.Trainer` backpropagates)."""
     out = model(**batch)
-    loss = out["loss"] if isinstance(out, Mapping) else getattr(out, "loss", None)
+    loss = out.get("loss") if isinstance(out, Mapping) else getattr(out, "loss", None)
     if loss is None:
         raise ValueError("the model returned no loss: the batch must contain `labels` (see greencore.data.collate)")
     return loss
+
+
+def scored_positions(model: torch.nn.Module, batch: Mapping[str, Any]) -> int:
+    """How many positions `model_loss` runs the output head on for `batch` (0 when the model uses its own loss).
+
+    Part of a batch's cost key: two batches of the same tensor shapes can differ here.
+    """
+    if _causal_lm_head(model) is None or "labels" not in batch:
+        return 0
+    targets = batch["labels"][:, 1:]
+    return _scored_width(int((targets != IGNORE_INDEX).sum()), targets.shape)
+
+
+def _scored_width(scored: int, shape: torch.Size) -> int:
+    """`scored` rounded up to a multiple of SCORED_PER_ROW x rows (at least one), at most every position."""
+    multiple = SCORED_PER_ROW * shape[0]
+    return min(max(multiple, -(-scored // multiple) * multiple), shape[0] * shape[1])
+
+
+def _causal_lm_head(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The output head of a causal LM registered with `transformers` (under DDP / peft wrappers), else None."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    base = getattr(model, "module", model)  # DistributedDataParallel
+    peft_config = getattr(base, "active_peft_config", None)
+    if peft_config is not None:
+        if peft_config.is_prompt_learning:  # virtual tokens change the sequence length
+            return None
+        base = base.get_base_model()
+    causal = {n for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() for n in ((v,) if isinstance(v, str) else v)}
+    if type(base).__name__ not in causal or getattr(base.config, "is_encoder_decoder", False):
+        return None
+    return base.get_output_embeddings()
 
 
 def measure_training_flops(

@@ -23,7 +23,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from .flops import flop_counter, flop_registry, rng_devices
+from .flops import flop_counter, flop_registry, model_loss, rng_devices
 from .layout import TensorLayout, tensor_layout
 
 __all__ = ["TensorProfile", "profile_model"]
@@ -125,10 +125,16 @@ def _as_mask(trainable: Any, names: list[str]) -> np.ndarray:
     return np.array([n in wanted for n in names], dtype=bool)
 
 
-def profile_model(model: torch.nn.Module, batch: Mapping[str, Any]) -> TensorProfile:
+def profile_model(
+    model: torch.nn.Module,
+    batch: Mapping[str, Any],
+    *,
+    loss_fn: Callable[[torch.nn.Module, Mapping[str, Any]], torch.Tensor] = model_loss,
+) -> TensorProfile:
     """Profile one training step of `model` on `batch` (the dict the model is called with, including labels).
 
-    The trainable tensors are the parameters that require grad now and that the forward pass uses. The model's
+    `loss_fn(model, batch)` must compute the loss exactly as training will: greencore's engine uses `model_loss`,
+    `transformers.Trainer` the model's own loss (`own_loss`), which costs more on causal LMs. The trainable tensors are the parameters that require grad now and that the forward pass uses. The model's
     weights, requires_grad flags and the global RNG are left as they were.
     """
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -137,10 +143,7 @@ def profile_model(model: torch.nn.Module, batch: Mapping[str, Any]) -> TensorPro
     constants = [t for t in model.parameters() if not t.requires_grad] + list(model.buffers())
     tracer = _Tracer([p for _, p in params], constants)
     with torch.random.fork_rng(devices=rng_devices(model.parameters())), torch.enable_grad(), tracer:
-        model_output = model(**batch)
-    if getattr(model_output, "loss", None) is None:
-        raise ValueError("the model returned no loss: the batch must contain `labels` (see greencore.data.collate)")
-    del model_output
+        loss_fn(model, batch)  # traced; the loss itself is not needed
     return _build_profile(model, [n for n, _ in params], tracer)
 
 
