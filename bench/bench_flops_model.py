@@ -9,6 +9,11 @@ the tensor nearest the loss and of the deepest tensor, and the full selection, t
 backward with exactly those tensors trainable). Also reported: the chain model `t_fp + profile.chain_cost(mask)` that
 the selector optimises, which charges every activation gradient down to the deepest selected tensor and so should
 over-estimate (never under-estimate) the measurement.
+
+A second table shows what the training loss changes: each model is profiled on a training-shaped batch (8 x 128 tokens)
+with greencore's loss (a causal LM's head only at the scored positions) and with the model's own loss (the head at every
+position, as `transformers` computes it): the full step's FLOPs, and the smallest rho whose budget pays the activation
+gradient into a transformer block at all (`(t_fp + sum of t_dy before the first block tensor) / full step`).
 Writes bench/results/flops_model.{json,md} (flops_model_quick.* with --quick).
 """
 
@@ -25,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import command_line, markdown_table, median, write_results  # noqa: E402
+from greencore.plots import format_flops  # noqa: E402
 
 MODELS = ["tiny-opt", "tiny-bloom", "tiny-gpt2", "tiny-llama", "tiny-t5", "minilm", "minilm-seq2seq"]
 QUICK_MODELS = ["tiny-opt", "tiny-bloom", "tiny-gpt2", "tiny-llama", "tiny-t5"]
@@ -90,6 +96,30 @@ def bench_model(name: str, batch_size: int, seq_len: int, count: int, seed: int)
     }
 
 
+def head_costs(name: str, batch_size: int, seq_len: int, seed: int) -> dict:
+    """Full-step FLOPs and the budget that reaches the first block, with greencore's loss and the model's own."""
+    import torch
+
+    from greencore.data import sample_batches
+    from greencore.flops import model_loss, own_loss, scored_positions
+    from greencore.models import load_model
+    from greencore.profile import profile_model
+
+    torch.manual_seed(seed)
+    model, tokenizer = load_model(name, seed=seed, device="cpu")
+    model.train()
+    batch = sample_batches(tokenizer, is_encoder_decoder=bool(model.config.is_encoder_decoder),
+                           batch_size=batch_size, seq_len=seq_len, count=1, seed=seed)[0]
+    out = {"model": name, "batch": [batch_size, seq_len], "scored_positions": scored_positions(model, batch),
+           "label_tokens": int((batch["labels"] != -100).sum())}
+    for key, loss_fn in (("greencore_loss", model_loss), ("own_loss", own_loss)):
+        profile = profile_model(model, batch, loss_fn=loss_fn)
+        first_block = min(k for k, lay in enumerate(profile.layout) if lay.block is not None)
+        out[key] = {"t_fp": profile.t_fp, "full_flops": profile.full_flops, "min_rho": profile.min_rho,
+                    "rho_to_reach_a_block": (profile.t_fp + profile.t_dy[:first_block].sum()) / profile.full_flops}
+    return out
+
+
 def run(quick: bool, count: int | None = None, models: list[str] | None = None) -> tuple[dict, str]:
     models = models or (QUICK_MODELS if quick else MODELS)
     count = count or (10 if quick else 20)
@@ -103,6 +133,8 @@ def run(quick: bool, count: int | None = None, models: list[str] | None = None) 
         print(f"{name}: median error {result['median_rel_error']:.2e}, max {result['max_rel_error']:.2e}, chain "
               f"over-estimate median {result['chain_over_median']:.1%} max {result['chain_over_max']:.1%} "
               f"({result['seconds']:.0f} s)", flush=True)
+    train_shape = (2, 64) if quick else (8, 128)
+    heads = [head_costs(name, *train_shape, seed=0) for name in models]
     payload = {
         "description": "Relative error |predicted - measured| / measured of a training step's FLOPs, where "
                        "predicted = t_fp + profile.backward_flops(mask) and measured = measure_training_flops "
@@ -110,6 +142,7 @@ def run(quick: bool, count: int | None = None, models: list[str] | None = None) 
                        "chain_over = (t_fp + chain_cost(mask)) / measured - 1, the selector's cost model.",
         "quick": quick, "random_masks": count, "batch": [batch_size, seq_len], "models": results,
         "max_rel_error": max(r["max_rel_error"] for r in results),
+        "head_costs": heads,
     }
     header = ["model", "tensors", "masks", "exact matches", "median error", "max error", "max error (backward only)",
               "chain over-estimate median", "chain max", "chain min", "min rho"]
@@ -118,6 +151,17 @@ def run(quick: bool, count: int | None = None, models: list[str] | None = None) 
              f"{r['chain_over_max']:.1%}", f"{r['chain_over_min']:.1%}", f"{r['min_rho']:.3f}"] for r in results]
     table = (f"## Predicted vs measured step FLOPs (batch {batch_size} x {seq_len} tokens of stdlib-tldr, "
              f"{count} random masks + first-only, last-only, all)\n\n" + markdown_table(header, rows))
+    header = ["model", "label tokens", "head positions (greencore loss)", "full step, own loss",
+              "full step, greencore loss", "saved", "rho to reach a block, own loss",
+              "rho to reach a block, greencore loss"]
+    rows = [[h["model"], h["label_tokens"],
+             h["scored_positions"] or "all decoder positions (own loss)",
+             format_flops(h["own_loss"]["full_flops"]), format_flops(h["greencore_loss"]["full_flops"]),
+             f"{1 - h['greencore_loss']['full_flops'] / h['own_loss']['full_flops']:.1%}",
+             f"{h['own_loss']['rho_to_reach_a_block']:.3f}", f"{h['greencore_loss']['rho_to_reach_a_block']:.3f}"]
+            for h in heads]
+    table += (f"\n\n## The output head and the budget (one stdlib-tldr batch of {train_shape[0]} x {train_shape[1]} "
+              f"tokens)\n\n" + markdown_table(header, rows))
     return payload, table
 
 

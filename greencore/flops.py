@@ -63,15 +63,16 @@ def model_loss(model: torch.nn.Module, batch: Mapping[str, Any]) -> torch.Tensor
     model) only at the positions the loss scores, instead of at every position as `transformers` does. The loss and
     its gradients are the same as the model's own (`own_loss`); the FLOPs are not: with a prompt of 100 tokens and a
     summary of 20, the head costs a sixth. The scored positions are padded (with ignored ones) to a multiple of
-    SCORED_PER_ROW per batch row, so that batches of one shape cost one of a few amounts. Other models (encoder-decoder, classifiers) use
-    their own loss.
+    SCORED_PER_ROW per batch row, so that batches of one shape cost one of a few amounts. When that would be every
+    position anyway, and for other models (encoder-decoder, classifiers), this is the model's own loss.
     """
-    head = _causal_lm_head(model)
-    if head is None or "labels" not in batch:
+    width = scored_positions(model, batch)
+    if not width:
         return own_loss(model, batch)
+    head = _causal_lm_head(model)
     targets = batch["labels"][:, 1:]  # the hidden state at position t predicts the token at t + 1
     rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
-    scored, pad = len(rows), _scored_width(len(rows), targets.shape) - len(rows)
+    scored, pad = len(rows), width - len(rows)
     rows = torch.nn.functional.pad(rows, (0, pad))  # padding points at position (0, 0), its target is ignored
     cols = torch.nn.functional.pad(cols, (0, pad))
     wanted = targets[rows, cols]
@@ -104,20 +105,18 @@ def own_loss(model: torch.nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
 
 
 def scored_positions(model: torch.nn.Module, batch: Mapping[str, Any]) -> int:
-    """How many positions `model_loss` runs the output head on for `batch` (0 when the model uses its own loss).
+    """How many positions `model_loss` runs the output head on for `batch`; 0 when it uses the model's own loss.
 
-    Part of a batch's cost key: two batches of the same tensor shapes can differ here.
+    The scored positions rounded up to a multiple of SCORED_PER_ROW x rows (at least one multiple). Part of a batch's
+    cost key: two batches of the same tensor shapes can differ here.
     """
-    if _causal_lm_head(model) is None or "labels" not in batch:
+    if "labels" not in batch or _causal_lm_head(model) is None:
         return 0
     targets = batch["labels"][:, 1:]
-    return _scored_width(int((targets != IGNORE_INDEX).sum()), targets.shape)
-
-
-def _scored_width(scored: int, shape: torch.Size) -> int:
-    """`scored` rounded up to a multiple of SCORED_PER_ROW x rows (at least one), at most every position."""
-    multiple = SCORED_PER_ROW * shape[0]
-    return min(max(multiple, -(-scored // multiple) * multiple), shape[0] * shape[1])
+    multiple = SCORED_PER_ROW * targets.shape[0]
+    scored = int((targets != IGNORE_INDEX).sum())
+    width = max(multiple, -(-scored // multiple) * multiple)
+    return width if width < targets.numel() else 0  # no saving: the model's own loss, exactly
 
 
 def _causal_lm_head(model: torch.nn.Module) -> torch.nn.Module | None:

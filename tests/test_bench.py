@@ -67,6 +67,16 @@ def test_flops_model_predicts_measurements(results):
         assert m["chain_over_min"] >= -1e-9  # the selector's chain model never under-estimates
         assert {c["mask"] for c in m["cases"]} >= {"first-only", "last-only", "all"}
         assert all(c["measured"] > 0 for c in m["cases"])
+    heads = {h["model"]: h for h in data["head_costs"]}
+    assert set(heads) == set(models)
+    for name, h in heads.items():
+        ours, own = h["greencore_loss"], h["own_loss"]
+        if name == "tiny-t5":  # an encoder-decoder keeps its own loss
+            assert h["scored_positions"] == 0 and ours == own
+        else:  # the head runs on fewer positions: a cheaper step, and a block within reach at a smaller rho
+            assert h["label_tokens"] <= h["scored_positions"] < h["batch"][0] * h["batch"][1]
+            assert ours["full_flops"] < own["full_flops"] and ours["t_fp"] < own["t_fp"]
+            assert ours["min_rho"] <= ours["rho_to_reach_a_block"] < own["rho_to_reach_a_block"]
 
 
 def test_quality_runs_and_checks(results):

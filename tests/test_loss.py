@@ -62,12 +62,19 @@ def test_head_flops_saved_are_the_unscored_positions(tiny_models, name):
 def test_scored_positions_pad_to_a_multiple(tiny_models):
     model, _ = tiny_models("tiny-gpt2")
     batch = token_batch(model, batch_size=4, seq_len=50)
-    assert scored_positions(model, batch) == 196  # every target scored: 4 x 49, no padding beyond them
+    assert scored_positions(model, batch) == 0  # every target scored: nothing to save, the model's own loss
+    with flop_counter() as ours:
+        model_loss(model, batch)
+    with flop_counter() as theirs:
+        own_loss(model, batch)
+    assert ours.get_total_flops() == theirs.get_total_flops()
     batch["labels"][:, :21] = -100  # 4 x 29 = 116 targets left
     assert scored_positions(model, batch) == 128  # the next multiple of 8 x 4 rows
     batch["labels"][:, 1:] = -100
     assert scored_positions(model, batch) == 32  # never zero: the head still runs
-    assert scored_positions(model, token_batch(model, batch_size=2, seq_len=4)) == 6  # never more than every target
+    batch = token_batch(model, batch_size=2, seq_len=8)
+    batch["labels"][:, :3] = -100  # 2 x 5 targets, rounded up to 16: not fewer than the 14 positions
+    assert scored_positions(model, batch) == 0
     seq2seq, _ = tiny_models("tiny-t5")
     assert scored_positions(seq2seq, token_batch(seq2seq)) == 0  # an encoder-decoder uses its own loss
 

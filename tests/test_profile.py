@@ -106,10 +106,10 @@ def test_sdpa_attention_is_counted_on_cpu():
     model = OPTForCausalLM(cfg)
     batch = token_batch(model, 2, 16)
     profile = profile_model(model, batch)
-    # q@k^T and p@v: 2 * (2*B*L*L*hidden) on top of the projections; the LM head runs on the B*(L-1) scored positions
+    # q@k^T and p@v: 2 * (2*B*L*L*hidden) on top of the projections
     b, L, h = 2, 16, 32
     attention = 2 * (2 * b * L * L * h)
-    linears = 2 * b * L * (4 * h * h + 2 * h * 64) + 2 * b * (L - 1) * h * 256
+    linears = 2 * b * L * (4 * h * h + 2 * h * 64) + 2 * b * L * h * 256
     assert profile.t_fp == linears + attention
     for mask in _random_masks(len(profile), 5, seed=3):
         measured = measure_training_flops(model, batch, mask, names=profile.names)
