@@ -1,5 +1,6 @@
-"""FLOPs counting: one `FlopCounterMode` configuration for every count greencore makes, and the measurement of a
-training step with a given set of trainable tensors.
+"""FLOPs counting: one `FlopCounterMode` configuration for every count greencore makes, the training loss whose
+FLOPs it counts (`model_loss`: a causal LM's output head only where the loss scores a token), and the measurement of
+a training step with a given set of trainable tensors.
 
 `FlopCounterMode` has no formulas for the CPU kernels of `scaled_dot_product_attention`, so on a CPU it would count
 attention as 0 FLOPs. We register the same formulas torch uses for the CUDA kernels, so attention is counted whichever
