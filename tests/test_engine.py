@@ -163,3 +163,40 @@ def test_a_budget_that_selects_nothing_still_runs(tmp_path):
     assert summary["trainable_params"] == 0
     # the step is the forward pass alone: exactly the smallest feasible share of full fine-tuning
     assert summary["flops_ratio_training"] == pytest.approx(1 / 3, abs=0.01)
+
+
+def test_profile_is_made_on_the_commonest_batch_shape_of_the_first_epoch(tmp_path):
+    """An encoder-decoder's cost ratio moves with the summary length: the budget is set on the shape most batches have."""
+    from collections import Counter
+
+    import numpy as np
+
+    from greencore.data import batches, pad_token_id
+    from greencore.models import load_model
+    from greencore.profile import profile_model
+    from greencore.select import select_tensors
+
+    # on Python 3.11's stdlib these settings make 3 batches, the first 16 summary tokens wide and the others 32
+    cfg = config(model="tiny-t5", max_train_examples=96, max_target_tokens=18)
+    run = Run(cfg, tmp_path / "run")
+    events = run.events()
+    selection = next(e for e in events if e["type"] == "selection")
+    trainer = run._trainer()
+
+    fill = {"labels": -100, "attention_mask": 0, "input_ids": pad_token_id(trainer.tokenizer)}
+
+    def padded(batch):  # the engine pads every width up to a multiple of 16
+        return {k: torch.nn.functional.pad(v, (0, -v.shape[1] % 16), value=fill[k]) for k, v in batch.items()}
+
+    epoch = [padded(b) for b in batches(trainer.tokenizer, trainer.train_rows, batch_size=8, shuffle=True, seed=0,
+                                        drop_last=True)]
+    widths = Counter((b["input_ids"].shape[1], b["labels"].shape[1]) for b in epoch)
+    assert len(widths) > 1  # the check below means something only when shapes differ
+    commonest = widths.most_common(1)[0][0]
+    batch = next(b for b in epoch if (b["input_ids"].shape[1], b["labels"].shape[1]) == commonest)
+    model, _ = load_model(cfg.model, seed=cfg.seed)  # every tensor trainable, as when the engine profiled
+    profile = profile_model(model.train(), batch)
+    expected = select_tensors(profile, np.array(selection["importance"]), cfg.spec.rho)
+    assert selection["mask"] == expected.mask.tolist()
+    assert selection["predicted_ratio"] == pytest.approx(expected.predicted_ratio)
+    events.close()
