@@ -26,25 +26,13 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_quality import FULL, QUICK  # noqa: E402
 from bench.bench_speed import step  # noqa: E402
-from bench.common import command_line, contention_note, markdown_table, timing_context, write_results  # noqa: E402
-
-
-def bucket(batch: dict, pad: int, multiple: int) -> dict:
-    """Pad sequence lengths up to a multiple of `multiple`, as the engine does (greencore.engine._Trainer._bucket)."""
-    import torch
-
-    out = {}
-    for key, t in batch.items():
-        width = -(-t.shape[1] // multiple) * multiple
-        fill = -100 if key == "labels" else (0 if key == "attention_mask" else pad)
-        out[key] = torch.nn.functional.pad(t, (0, width - t.shape[1]), value=fill)
-    return out
+from bench.common import contention_note, markdown_table, report, timing_context  # noqa: E402
 
 
 def run(settings: dict, rho: float, timed_steps: int, seed: int = 0) -> tuple[dict, str]:
     import torch
 
-    from greencore.data import batches, collate, encode_examples, load_summarization, pad_token_id
+    from greencore.data import batches, collate, encode_examples, load_summarization, pad_batch
     from greencore.engine import PAD_MULTIPLE
     from greencore.flops import flop_counter, measure_training_flops
     from greencore.importance import tensor_importance
@@ -56,7 +44,6 @@ def run(settings: dict, rho: float, timed_steps: int, seed: int = 0) -> tuple[di
     torch.manual_seed(seed)
     model, tokenizer = load_model(settings["model"], seed=seed, device="cpu")
     model.train()
-    pad = pad_token_id(tokenizer)
     data = load_summarization(settings["dataset"], max_examples={"train": settings["max_train_examples"]})
     rows, _ = encode_examples(tokenizer, data["train"], is_encoder_decoder=bool(model.config.is_encoder_decoder),
                               max_source_tokens=settings["max_source_tokens"],
@@ -65,14 +52,14 @@ def run(settings: dict, rho: float, timed_steps: int, seed: int = 0) -> tuple[di
     steps_per_epoch = len(rows) // bs
 
     started = time.perf_counter()
-    profile = profile_model(model, bucket(collate(tokenizer, rows[:bs]), pad, PAD_MULTIPLE))
+    profile = profile_model(model, pad_batch(tokenizer, collate(tokenizer, rows[:bs]), PAD_MULTIPLE))
     profile_seconds = time.perf_counter() - started
     profile_flops = profile.t_fp  # the only real compute: one forward pass (the engine charges exactly this)
 
     optimizer = torch.optim.AdamW([dict(model.named_parameters())[n] for n in profile.names], lr=settings["lr"],
                                   weight_decay=settings["weight_decay"])
     order = batches(tokenizer, rows, batch_size=bs, shuffle=True, seed=seed * 7_919 + 1, drop_last=True)
-    probes = [bucket(b, pad, PAD_MULTIPLE) for _, b in zip(range(settings["probe_batches"]), order)]
+    probes = [pad_batch(tokenizer, b, PAD_MULTIPLE) for _, b in zip(range(settings["probe_batches"]), order)]
     started = time.perf_counter()
     with flop_counter() as counter:
         importance = tensor_importance(model, probes, optimizer, settings["metric"], profile=profile, seed=seed)
@@ -82,7 +69,7 @@ def run(settings: dict, rho: float, timed_steps: int, seed: int = 0) -> tuple[di
     selection = select_tensors(profile, importance, rho)
     dp_seconds = time.perf_counter() - started
 
-    epoch = [bucket(b, pad, PAD_MULTIPLE) for b in batches(tokenizer, rows, batch_size=bs, shuffle=True,
+    epoch = [pad_batch(tokenizer, b, PAD_MULTIPLE) for b in batches(tokenizer, rows, batch_size=bs, shuffle=True,
                                                             seed=seed * 1_000_003, drop_last=True)]
     shapes: dict[tuple, dict] = {}
     for b in epoch:
@@ -177,10 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     payload, table = run(settings, args.rho, args.timed_steps or (2 if args.quick else 4))
     payload["quick"] = args.quick
     name = "overhead_quick" if args.quick else "overhead"
-    paths = write_results(name, payload, table, command_line(), args.results_dir)
-    print(table)
-    print("wrote", *paths)
-    return 0
+    return report(name, payload, table, args.results_dir)
 
 
 if __name__ == "__main__":

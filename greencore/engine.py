@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from . import distributed
-from .data import batches, collate, encode_examples, load_summarization, pad_token_id
+from .data import batches, collate, encode_examples, load_summarization, pad_batch
 from .flops import flop_counter, measure_training_flops, model_loss, rng_devices, scored_positions
 from .importance import IMPORTANCE_METRICS, tensor_importance
 from .models import load_model
@@ -317,13 +317,7 @@ class _Trainer:
 
     def _bucket(self, batch: dict) -> dict:
         """Pad a batch's sequence lengths up to a multiple of PAD_MULTIPLE (fewer distinct shapes to measure)."""
-        pad = pad_token_id(self.tokenizer)
-        out = {}
-        for key, t in batch.items():
-            width = -(-t.shape[1] // PAD_MULTIPLE) * PAD_MULTIPLE
-            fill = -100 if key == "labels" else (0 if key == "attention_mask" else pad)
-            out[key] = torch.nn.functional.pad(t, (0, width - t.shape[1]), value=fill)
-        return out
+        return pad_batch(self.tokenizer, batch, PAD_MULTIPLE)
 
     # ------------------------------------------------------------------------------------------------- the loop
 

