@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import command_line, markdown_table, median, write_results  # noqa: E402
+from bench.common import markdown_table, median, report  # noqa: E402
 from greencore.plots import format_flops  # noqa: E402
 
 MODELS = ["tiny-opt", "tiny-bloom", "tiny-gpt2", "tiny-llama", "tiny-t5", "minilm", "minilm-seq2seq"]
@@ -174,10 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     payload, table = run(args.quick, args.masks, args.models.split(",") if args.models else None)
     name = "flops_model_quick" if args.quick else "flops_model"
-    paths = write_results(name, payload, table, command_line(), args.results_dir)
-    print(table)
-    print("wrote", *paths)
-    return 0
+    return report(name, payload, table, args.results_dir)
 
 
 if __name__ == "__main__":

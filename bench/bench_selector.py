@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import command_line, contention_note, timing_context, write_results  # noqa: E402
+from bench.common import contention_note, report, timing_context  # noqa: E402
 from greencore.select import DEFAULT_RESOLUTION, solve_selection  # noqa: E402
 
 # (t_dw, t_dy) of each tensor of one block, in units of one d x d matmul, nearest the loss first.
@@ -302,10 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     payload["timing"] = {"context_at_start": context, "context_at_end": end, "note": contention_note(context, end)}
     table += f"\n\nMachine load: {payload['timing']['note']}"
     name = "selector_quick" if args.quick else "selector"
-    paths = write_results(name, payload, table, command_line(), args.results_dir)
-    print(table)
-    print("wrote", *paths)
-    return 0
+    return report(name, payload, table, args.results_dir)
 
 
 if __name__ == "__main__":

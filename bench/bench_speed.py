@@ -25,14 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import (  # noqa: E402
-    command_line,
-    contention_note,
-    markdown_table,
-    median,
-    timing_context,
-    write_results,
-)
+from bench.common import contention_note, markdown_table, median, report, timing_context  # noqa: E402
 
 RHOS = [0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 TARGET_RHO, TARGET_TIME_RATIO = 0.5, 0.6
@@ -192,10 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     name = "speed_quick" if quick else "speed"
     if args.model and args.model != "minilm" and not quick:
         name = f"speed_{args.model}"
-    paths = write_results(name, payload, table, command_line(), args.results_dir)
-    print(table)
-    print("wrote", *paths)
-    return 0
+    return report(name, payload, table, args.results_dir)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,14 @@ from typing import Any
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
+def report(name: str, payload: dict, table_md: str, results_dir: Path | None = None) -> int:
+    """Write the results of this command (see `write_results`), print the table and where it went; exit status 0."""
+    paths = write_results(name, payload, table_md, command_line(), results_dir)
+    print(table_md)
+    print("wrote", *paths)
+    return 0
+
+
 def write_results(
     name: str, payload: dict, table_md: str, command: str, results_dir: Path | None = None
 ) -> tuple[Path, Path]:
