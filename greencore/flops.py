@@ -9,6 +9,7 @@ attention implementation a model uses.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -67,10 +68,10 @@ def model_loss(model: torch.nn.Module, batch: Mapping[str, Any]) -> torch.Tensor
     SCORED_PER_ROW per batch row, so that batches of one shape cost one of a few amounts. When that would be every
     position anyway, and for other models (encoder-decoder, classifiers), this is the model's own loss.
     """
-    width = scored_positions(model, batch)
+    head = _causal_lm_head(model) if "labels" in batch else None
+    width = _scored_width(batch["labels"]) if head is not None else 0
     if not width:
         return own_loss(model, batch)
-    head = _causal_lm_head(model)
     targets = batch["labels"][:, 1:]  # the hidden state at position t predicts the token at t + 1
     rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
     scored, pad = len(rows), width - len(rows)
@@ -113,7 +114,11 @@ def scored_positions(model: torch.nn.Module, batch: Mapping[str, Any]) -> int:
     """
     if "labels" not in batch or _causal_lm_head(model) is None:
         return 0
-    targets = batch["labels"][:, 1:]
+    return _scored_width(batch["labels"])
+
+
+def _scored_width(labels: torch.Tensor) -> int:
+    targets = labels[:, 1:]
     multiple = SCORED_PER_ROW * targets.shape[0]
     scored = int((targets != IGNORE_INDEX).sum())
     width = max(multiple, -(-scored // multiple) * multiple)
@@ -122,16 +127,13 @@ def scored_positions(model: torch.nn.Module, batch: Mapping[str, Any]) -> int:
 
 def _causal_lm_head(model: torch.nn.Module) -> torch.nn.Module | None:
     """The output head of a causal LM registered with `transformers` (under DDP / peft wrappers), else None."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
     base = getattr(model, "module", model)  # DistributedDataParallel
     peft_config = getattr(base, "active_peft_config", None)
     if peft_config is not None:
         if peft_config.is_prompt_learning:  # virtual tokens change the sequence length
             return None
         base = base.get_base_model()
-    causal = {n for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() for n in ((v,) if isinstance(v, str) else v)}
-    if type(base).__name__ not in causal or getattr(base.config, "is_encoder_decoder", False):
+    if type(base).__name__ not in _causal_lm_classes() or getattr(base.config, "is_encoder_decoder", False):
         return None
     return base.get_output_embeddings()
 
@@ -197,3 +199,11 @@ def _iter_names(items: Iterable[Any]) -> Iterable[str]:
         if not isinstance(item, str):
             raise ValueError(f"trainable must hold parameter names (str), got {type(item).__name__}")
         yield item
+
+
+@functools.lru_cache(maxsize=1)
+def _causal_lm_classes() -> frozenset[str]:
+    """Class names `transformers` registers as causal LMs (AutoModelForCausalLM)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return frozenset(n for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() for n in ((v,) if isinstance(v, str) else v))
