@@ -125,3 +125,20 @@ def test_profile_follows_the_loss_it_is_given(tiny_models):
         assert profile.full_flops == forward.get_total_flops() + backward.get_total_flops()
     assert profile_model(model, batch).full_flops == measure_training_flops(model, batch, profile.names)["total"]
     assert profile_model(model, batch).full_flops < profile.full_flops  # own loss: the head over every position
+
+
+def test_a_model_that_changes_the_sequence_length_gets_a_clear_error(tiny_models):
+    model, _ = tiny_models("tiny-gpt2")
+    batch = _prompted_batch(model)
+
+    def drop_first_position(_module, _args, out):
+        out.last_hidden_state = out.last_hidden_state[:, 1:]
+        return out
+
+    handle = model.transformer.register_forward_hook(drop_first_position)
+    try:
+        with pytest.raises(ValueError, match="changes the sequence length.*own_loss"):
+            model_loss(model, batch)
+    finally:
+        handle.remove()
+    assert model_loss(model, batch).isfinite()  # the hook is gone and the head hook was removed too
