@@ -1,4 +1,4 @@
-"""The greencore Gradio app, started by `greencore app`: see `app.main`."""
+"""The greencore Gradio app, started by `greencore app`; installed as `greencore_app` (see `main`)."""
 
 import os
 

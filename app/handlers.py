@@ -18,9 +18,9 @@ import gradio as gr
 import pandas as pd
 
 from greencore import DATASETS, TrainConfig, list_runs, load_run, plots
-from greencore.explore import ExploreSpec, check_dataset, explore, profiled
-from greencore.profile import TensorProfile
+from greencore.explore import ExploreSpec, check_dataset, explore
 from greencore.records import RunRecord
+from greencore.schemes import SCHEMES
 
 from . import runs as background
 
@@ -193,13 +193,15 @@ def start_run(
         dataset = (dataset or "").strip()
         if dataset not in DATASETS:
             check_dataset(dataset)  # a local file: say now, not from the run's thread, if it cannot be read
-        budgeted = scheme in ("green", "random")
+        if scheme not in SCHEMES:
+            raise ValueError(f"unknown scheme {scheme!r}: choose one of {', '.join(SCHEMES)}")
+        parameter = SCHEMES[scheme].parameter
         config = TrainConfig(
             model=(model or "").strip(),
             dataset=dataset,
             scheme=scheme,
-            rho=rho if budgeted else None,
-            k=_whole(k, "k") if scheme == "top-k" else 2,
+            rho=_rho(rho) if parameter == "rho" else None,
+            k=_whole(k, "k") if parameter == "k" else None,
             epochs=_whole(epochs, "epochs"),
             max_steps=_whole(max_steps, "max steps", optional=True),
             batch_size=_whole(batch_size, "batch size"),
@@ -280,13 +282,12 @@ def selection_view(
     if record is None:
         return SelectionView("Choose a run started in this session.", None, None, dropdown, signature)
     if not selections:
-        scheme = record.config.get("scheme", "")
-        why = "no selection recorded yet" if scheme in ("green", "random") else f"scheme {scheme} does not re-select"
+        why = "no selection recorded yet" if record.reselects else f"scheme {record.config['scheme']} does not re-select"
         return SelectionView(f"{record.label}: {why}.", None, None, dropdown, signature)
     try:
-        profile = _run_profile(record)
+        profile = record.profile()
         if list(selections[0]["names"]) != profile.names:
-            raise ValueError(f"the tensors of {record.label}'s selections differ from a fresh profile of its model")
+            raise ValueError(f"the tensors of {record.label}'s selections differ from its saved profile")
         chosen_sel = next(s for s in selections if str(s["index"]) == index)
         timeline = plots.selection_timeline(selections, profile.layout)
         heatmap = plots.selection_heatmap(
@@ -300,8 +301,7 @@ def selection_view(
         return SelectionView(_problem(err), plots.selection_timeline(selections), None, dropdown, signature)
     message = (
         f"{record.label}: selection #{index} trains {chosen_sel['trainable_tensors']} tensors, predicted step FLOPs "
-        f"{chosen_sel['predicted_ratio']:.1%} of full (FLOPs per tensor from a profile at batch "
-        f"{record.config['batch_size']})."
+        f"{chosen_sel['predicted_ratio']:.1%} of full (FLOPs per tensor from the profile the run selected with)."
     )
     return SelectionView(message, timeline, heatmap, dropdown, signature)
 
@@ -330,7 +330,7 @@ def _status_row(path: str, record: RunRecord | None) -> str:
     status = _status(path, record)
     if handle is not None and handle.error:
         status = f"{status}: {handle.error}"
-    train = [r for r in record.metrics if r["type"] == "train"] if record else []
+    train = record.train_rows if record else []
     if train:
         last = train[-1]
         total = last["total_steps"]
@@ -346,21 +346,6 @@ def _status_row(path: str, record: RunRecord | None) -> str:
         progress, loss, spent = "<progress></progress> loading", "-", "-"
     cells = (label, status, None, loss, spent)
     return "<tr>" + "".join(f"<td>{progress if c is None else html.escape(c)}</td>" for c in cells) + "</tr>"
-
-
-def _run_profile(record: RunRecord) -> TensorProfile:
-    """A profile of the run's model at its batch size and token budget (cached), for per-tensor FLOPs and layout."""
-    c = record.config
-    spec = ExploreSpec(
-        model=c["model"],
-        dataset=c["dataset"],
-        batch_size=c["batch_size"],
-        seq_len=c["max_source_tokens"] + c["max_target_tokens"],
-        probe_batches=1,
-        seed=c["seed"],
-        device=c["device"],
-    )
-    return profiled(spec).profile
 
 
 # ----------------------------------------------------------------------------------------------------------- Compare

@@ -1,18 +1,20 @@
 """The Gradio app: Explore (profile, importance and selection at any rho), Train (background runs, live) and Compare.
 
-`build_app(runs_dir)` lays out the components and wires them to the plain functions in `app.handlers`; `launch()`
-serves it on this machine only by default, with no share link and no analytics.
+`build_app(runs_dir)` lays out the components and wires them to the plain functions in `handlers`; `launch()`
+serves it on this machine only by default, with no share link and no analytics. The Train tab's defaults are
+`TrainConfig`'s, so the app, the CLI and the library start from the same settings.
 """
 
 from __future__ import annotations
 
+from dataclasses import fields
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from greencore import BUILTIN_MODELS, DATASETS, IMPORTANCE_METRICS
+from greencore import BUILTIN_MODELS, DATASETS, IMPORTANCE_METRICS, TrainConfig
 from greencore.explore import ExploreSpec
 from greencore.plots import COLOR_BY
 from greencore.schemes import SCHEMES
@@ -45,6 +47,7 @@ def build_app(runs_dir: str | Path = Path("runs"), *, explore_defaults: ExploreS
     `explore_defaults` (the offline default, minilm on stdlib-tldr) and profiles it when a page opens."""
     runs_dir = Path(runs_dir)
     d = explore_defaults
+    t = TrainConfig(model=d.model, dataset=d.dataset)
     with gr.Blocks(title="greencore", analytics_enabled=False) as demo:
         gr.Markdown(INTRO)
         spec_state = gr.State(None)
@@ -64,7 +67,7 @@ def build_app(runs_dir: str | Path = Path("runs"), *, explore_defaults: ExploreS
                 seq_len = gr.Number(d.seq_len, label="sequence length", precision=0)
                 probe_batches = gr.Number(d.probe_batches, label="probe batches", precision=0)
                 profile_button = gr.Button("Profile", variant="primary")
-            rho = gr.Slider(0.05, 1.0, value=0.5, step=0.01, label="rho (step FLOPs budget, fraction of full)",
+            rho = gr.Slider(0.05, 1.0, value=t.rho, step=0.01, label="rho (step FLOPs budget, fraction of full)",
                             elem_id="rho")
             explore_message = gr.Markdown(elem_id="explore-message")
             summary = gr.Markdown(elem_id="explore-summary")
@@ -81,23 +84,24 @@ def build_app(runs_dir: str | Path = Path("runs"), *, explore_defaults: ExploreS
 
         with gr.Tab("Train", id="train"):
             with gr.Row():
-                train_model = gr.Dropdown(list(BUILTIN_MODELS), value=d.model, label="model", allow_custom_value=True)
-                train_dataset = gr.Dropdown(list(DATASETS), value=d.dataset, label="data set", allow_custom_value=True)
-                scheme = gr.Dropdown(list(SCHEMES), value="green", label="scheme")
-                train_rho = gr.Number(0.5, label="rho (green, random)", step=0.05)
-                k = gr.Number(2, label="k (top-k blocks)", precision=0)
+                train_model = gr.Dropdown(list(BUILTIN_MODELS), value=t.model, label="model", allow_custom_value=True)
+                train_dataset = gr.Dropdown(list(DATASETS), value=t.dataset, label="data set", allow_custom_value=True)
+                scheme = gr.Dropdown(list(SCHEMES), value=t.spec.name, label="scheme")
+                train_rho = gr.Number(t.rho, label="rho (green, random)", step=0.05)
+                k = gr.Number(_field_default("k"), label="k (top-k blocks)", precision=0)
             with gr.Row():
-                epochs = gr.Number(1, label="epochs", precision=0)
-                max_steps = gr.Number(0, label="max steps (0: all)", precision=0, elem_id="max-steps")
-                lr = gr.Number(1e-4, label="learning rate")
-                interval = gr.Number(1, label="re-select every", precision=0)
-                interval_unit = gr.Radio(["epoch", "step"], value="epoch", label="interval unit")
+                epochs = gr.Number(t.epochs, label="epochs", precision=0)
+                max_steps = gr.Number(t.max_steps or 0, label="max steps (0: all)", precision=0, elem_id="max-steps")
+                lr = gr.Number(t.lr, label="learning rate")
+                interval = gr.Number(t.interval, label="re-select every", precision=0)
+                interval_unit = gr.Radio(["epoch", "step"], value=t.interval_unit, label="interval unit")
             with gr.Row():
-                train_batch = gr.Number(8, label="batch size", precision=0, elem_id="train-batch")
-                max_train = gr.Number(0, label="max train examples (0: all)", precision=0,
+                train_batch = gr.Number(t.batch_size, label="batch size", precision=0, elem_id="train-batch")
+                max_train = gr.Number(t.max_train_examples or 0, label="max train examples (0: all)", precision=0,
                                       elem_id="max-train")
-                max_eval = gr.Number(100, label="max eval examples (0: all)", precision=0, elem_id="max-eval")
-                eval_rouge = gr.Checkbox(True, label="ROUGE at the end")
+                max_eval = gr.Number(t.max_eval_examples or 0, label="max eval examples (0: all)", precision=0,
+                                     elem_id="max-eval")
+                eval_rouge = gr.Checkbox(t.eval_rouge, label="ROUGE at the end")
                 start_button = gr.Button("Start run", variant="primary", elem_id="start-run")
             train_message = gr.Markdown(elem_id="train-message")
             with gr.Row():
@@ -156,6 +160,11 @@ def build_app(runs_dir: str | Path = Path("runs"), *, explore_defaults: ExploreS
         compare_tab.select(**compare, api_visibility="private")
         demo.load(**compare, api_visibility="private")
     return demo
+
+
+def _field_default(name: str) -> Any:
+    """A `TrainConfig` field's declared default (the default config normalises k away for schemes without it)."""
+    return next(f.default for f in fields(TrainConfig) if f.name == name)
 
 
 def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, runs_dir: Path = Path("runs")) -> None:

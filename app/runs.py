@@ -63,10 +63,9 @@ _lock = threading.Lock()
 def start(config: TrainConfig, runs_dir: Path) -> BackgroundRun:
     """Start `config` in a new, uniquely named directory under `runs_dir`; without a label it gets
     "<scheme> #<id>", the id being the end of the directory name."""
-    spec = config.spec
     token = secrets.token_hex(3)
-    out = Path(runs_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{spec.label.replace(':', '-')}-{token}"
-    handle = BackgroundRun(Run(replace(config, label=config.label or f"{spec.label} #{token}"), out))
+    out = Path(runs_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.scheme.replace(':', '-')}-{token}"
+    handle = BackgroundRun(Run(replace(config, label=config.label or f"{config.scheme} #{token}"), out))
     with _lock:
         _runs[str(out)] = handle
     handle.thread.start()

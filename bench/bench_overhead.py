@@ -33,7 +33,7 @@ def run(settings: dict, rho: float, timed_steps: int, seed: int = 0) -> tuple[di
     import torch
 
     from greencore.data import batches, collate, encode_examples, load_summarization, pad_batch
-    from greencore.engine import PAD_MULTIPLE
+    from greencore.training.setup import PAD_MULTIPLE
     from greencore.flops import flop_counter, measure_training_flops
     from greencore.importance import tensor_importance
     from greencore.models import load_model

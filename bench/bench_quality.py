@@ -8,7 +8,7 @@ Usage:
 
 Schemes: full, lora, top-k:2, bitfit, green at rho 0.4/0.5/0.6/0.7 and random at 0.5 (seed 0), and the headline
 schemes full, lora and green:0.5 again with seed 1 for the spread. Every number comes from the run summaries the
-training engine writes (`greencore.engine.train`): measured training FLOPs including GreenTrainer's profiling and
+training engine writes (`greencore.train`): measured training FLOPs including GreenTrainer's profiling and
 probe passes, the full fine-tuning FLOPs of the same batches, wall time, peak memory, validation loss and test ROUGE.
 
 Resumable: each run lives in `<work-dir>/<scheme>-seed<seed>/`. A finished run is read back, not re-run; an
@@ -40,7 +40,7 @@ from bench.common import (  # noqa: E402
     timing_context,
     write_results,
 )
-from greencore.engine import Run, TrainConfig  # noqa: E402
+from greencore.training import Run, TrainConfig  # noqa: E402
 from greencore.plots import format_flops  # noqa: E402
 from greencore.records import checkpoints, load_run  # noqa: E402
 
@@ -457,8 +457,7 @@ def estimate(args: argparse.Namespace, settings: dict) -> int:
     from greencore.profile import profile_model
     from greencore.data import collate
     from greencore.importance import tensor_importance
-    from greencore.schemes import parse_scheme, static_trainable
-    from greencore.select import select_tensors
+    from greencore.schemes import parse_scheme
 
     context = timing_context()
     work = Path(args.work_dir or ROOT / "bench" / "work" / "quality_estimate")
@@ -484,22 +483,13 @@ def estimate(args: argparse.Namespace, settings: dict) -> int:
                               max_target_tokens=settings["max_target_tokens"])
     steps = len(rows) // settings["batch_size"] * settings["epochs"]
     profile = profile_model(model, collate(tokenizer, rows[:settings["batch_size"]]))
-    full = profile.full_flops
     probe_rows = rows[settings["batch_size"]:settings["batch_size"] * (1 + settings["probe_batches"])]
     probe_batches = [collate(tokenizer, probe_rows[i::settings["probe_batches"]])
                      for i in range(settings["probe_batches"])]
     importance = tensor_importance(model, probe_batches, None, settings["metric"], profile=profile)
     predicted = {}
-    for scheme in SCHEMES:
-        spec = parse_scheme(scheme)
-        if spec.name == "green":  # what the selection at the start of training is predicted to cost
-            predicted[scheme] = select_tensors(profile, importance, spec.rho).predicted_ratio
-        elif spec.name == "random":
-            predicted[scheme] = spec.rho
-        elif spec.name == "lora":  # adapters on every block: the activation gradient runs through the whole network
-            predicted[scheme] = (profile.t_fp + profile.t_dy.sum()) / full
-        else:
-            predicted[scheme] = profile.step_flops(profile.as_mask(static_trainable(spec, profile))) / full
+    for scheme in SCHEMES:  # green: what the selection at the start of training is predicted to cost
+        predicted[scheme] = parse_scheme(scheme).predicted_ratio(profile, importance)
 
     # On a shared machine this process gets only part of its threads' cores. Each probe's CPU time over its wall time
     # (per thread) says how much; scaling its times by that share gives what the same thread count takes on an

@@ -205,12 +205,12 @@ def greedy_static(profile, importance: np.ndarray, budget: float) -> np.ndarray:
 
 def top_k_fit(profile, importance: np.ndarray, budget: float) -> tuple[int, np.ndarray]:
     """The largest k whose top-k set fits the budget, and its mask restricted to positive importances."""
-    from greencore.schemes import SchemeSpec, static_trainable
+    from greencore.schemes import parse_scheme
 
     best_k, best = 0, np.zeros(len(profile), dtype=bool)
     for k in range(1, len(profile) + 1):
         try:
-            mask = profile.as_mask(static_trainable(SchemeSpec("top-k", k=k), profile))
+            mask = profile.as_mask(parse_scheme(f"top-k:{k}").trainable(profile))
         except ValueError:  # more blocks than the model has
             break
         mask &= importance > 0

@@ -4,52 +4,54 @@ The method in four steps, one module each:
     profile    -> `profile_model`: per-tensor FLOPs of a training step, from the model's real execution
     importance -> `tensor_importance`: the loss reduction each tensor's update would bring
     select     -> `select_tensors`: the exact best set of tensors under a FLOPs budget rho
-    train      -> the training engine that re-selects as it goes
+    train      -> `train` / `Run` (the `training` package): the training loop that re-selects as it goes
+
+The definitions are in docs/method.md, the map of the code in ARCHITECTURE.md. Every public name is imported on first
+use, so `import greencore.select` (numpy only) does not pay for torch, transformers or datasets.
 """
 
-from .data import DATASETS, load_summarization
-from .engine import Run, TrainConfig, TrainingError, train
-from .flops import measure_training_flops
-from .importance import IMPORTANCE_METRICS, tensor_importance
-from .layout import TensorLayout, tensor_layout
-from .models import BUILTIN_MODELS, load_model
-from .profile import TensorProfile, profile_model
-from .records import RunRecord, list_runs, load_run
-from .select import Selection, select_tensors, solve_selection
+import importlib
 
 __version__ = "0.1.0"
 
+_EXPORTS = {
+    "DATASETS": ".data",
+    "load_summarization": ".data",
+    "Run": ".training",
+    "TrainConfig": ".training",
+    "TrainingError": ".training",
+    "train": ".training",
+    "measure_training_flops": ".flops",
+    "IMPORTANCE_METRICS": ".importance",
+    "tensor_importance": ".importance",
+    "TensorLayout": ".layout",
+    "tensor_layout": ".layout",
+    "BUILTIN_MODELS": ".models",
+    "load_model": ".models",
+    "TensorProfile": ".profile",
+    "profile_model": ".profile",
+    "RunRecord": ".records",
+    "list_runs": ".records",
+    "load_run": ".records",
+    "SCHEMES": ".schemes",
+    "parse_scheme": ".schemes",
+    "Selection": ".select",
+    "select_tensors": ".select",
+    "solve_selection": ".select",
+    "GreenTrainerCallback": ".callback",
+}
+
 
 def __getattr__(name: str):
-    # transformers.Trainer is slow to import: load the callback only when asked for
-    if name == "GreenTrainerCallback":
-        from .callback import GreenTrainerCallback
-
-        return GreenTrainerCallback
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
     raise AttributeError(f"module 'greencore' has no attribute {name!r}")
 
 
-__all__ = [
-    "BUILTIN_MODELS",
-    "DATASETS",
-    "GreenTrainerCallback",
-    "Run",
-    "RunRecord",
-    "TrainConfig",
-    "TrainingError",
-    "list_runs",
-    "load_run",
-    "load_summarization",
-    "train",
-    "IMPORTANCE_METRICS",
-    "Selection",
-    "TensorLayout",
-    "TensorProfile",
-    "load_model",
-    "measure_training_flops",
-    "profile_model",
-    "select_tensors",
-    "solve_selection",
-    "tensor_importance",
-    "tensor_layout",
-]
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = sorted(_EXPORTS)

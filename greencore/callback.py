@@ -40,12 +40,12 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from . import distributed
 from .flops import own_loss
 from .importance import IMPORTANCE_METRICS, tensor_importance
 from .profile import TensorProfile, profile_model
 from .select import select_tensors
 from .trainable import set_trainable
+from .training import distributed
 
 __all__ = ["GreenTrainerCallback"]
 
@@ -164,20 +164,11 @@ class GreenTrainerCallback(TrainerCallback):
                 first = batches[0] if not info.enabled else _to_device(
                     distributed.broadcast_object(_to_device(batches[0], torch.device("cpu")), info), _device_of(model))
                 self._profile = profile_model(model, first, loss_fn=own_loss)  # the loss Trainer computes
-            with _base_learning_rates(optimizer):
-                if info.enabled:  # gradients all-reduced over every rank's probe batches
-                    importance = distributed.tensor_importance(
-                        model, batches, optimizer, self.metric, profile=self._profile,
-                        seed=self.seed + len(self.selections), info=info)
-                else:
-                    importance = tensor_importance(
-                        model,
-                        batches,
-                        optimizer,
-                        self.metric,
-                        profile=self._profile,
-                        seed=self.seed + len(self.selections),
-                    )
+            with _base_learning_rates(optimizer):  # under DDP, gradients summed over every rank's probe batches
+                importance = tensor_importance(model, batches, optimizer, self.metric, profile=self._profile,
+                                               seed=self.seed + len(self.selections),
+                                               weights=[1.0 / info.world_size] * len(batches),
+                                               reduce=distributed.gradient_reduce(info))
         finally:
             model.train(was_training)
         selection = distributed.on_main(lambda: select_tensors(self._profile, importance, self.rho), info)

@@ -6,6 +6,7 @@ Every subcommand composes library calls; bad arguments end with exit status 2 an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 from pathlib import Path
@@ -23,7 +24,24 @@ def _common_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="minilm", help="built-in name, hub id or local path (default: minilm)")
     p.add_argument("--dataset", default="stdlib-tldr", help="stdlib-tldr, scitldr, dialogsum, or a .jsonl/.csv path")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the model's initialisation and the probe batches")
+
+
+def _config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...]) -> None:
+    """One flag per `TrainConfig` field (its default and help text come from the field), except `skip`."""
+    from .training.config import TrainConfig
+
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
+        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        if f.type == "bool":  # a switch that turns a default-on setting off
+            p.add_argument(flag, dest=f.name, action="store_false", help=f.metadata["help"])
+            continue
+        kind = {"int": int, "float": float}.get(f.type.replace(" | None", ""), str)
+        shown = "" if f.default is None else f" (default: {f.default})"
+        p.add_argument(flag, dest=f.name, type=kind, default=f.default, choices=f.metadata.get("choices"),
+                       help=f.metadata["help"] + shown)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -32,51 +50,35 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("profile", help="per-tensor FLOPs of one training step, in backprop order")
     _common_model(p)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=4, help="rows of the profiled batch (default: 4)")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per row of the profiled batch (default: 128)")
     p.add_argument("--json", type=Path, help="also write names, t_fp, t_dy, t_dw and layout here")
 
     p = sub.add_parser("select", help="choose the tensors to train at a FLOPs budget rho")
     _common_model(p)
     p.add_argument("--rho", type=float, required=True, help="step FLOPs as a fraction of full fine-tuning, in (0, 1]")
-    p.add_argument("--metric", default="taylor")
-    p.add_argument("--probe-batches", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--metric", default="taylor", help="importance metric: taylor, grad_l1, fisher, magnitude, random")
+    p.add_argument("--probe-batches", type=int, default=2, help="batches the importance is averaged over")
+    p.add_argument("--batch-size", type=int, default=4, help="rows per probe batch (default: 4)")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per row (default: 128)")
     p.add_argument("--json", type=Path, help="also write the selection here")
 
-    for name, help_text in (("train", "fine-tune with one scheme"), ("compare", "run several schemes on the same data")):
-        p = sub.add_parser(name, help=help_text)
-        _common_model(p)
-        if name == "train":
-            p.add_argument("--scheme", default="green", help="full, green, random, lora, prefix, bitfit, layernorm, top-k")
-            p.add_argument("--resume", type=Path, help="continue the interrupted run in this directory")
-        else:
-            p.add_argument("--schemes", default="full,green:0.5,green:0.7,lora,top-k:2,random:0.5",
-                           help="comma-separated, e.g. full,green:0.5,lora,top-k:2,random:0.5")
-        p.add_argument("--out", type=Path, help="run directory (compare: one sub-directory per scheme)")
-        p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-        p.add_argument("--rho", type=float, default=0.5)
-        p.add_argument("--interval", type=int, default=1, help="re-select every N epochs (or steps)")
-        p.add_argument("--interval-unit", choices=["epoch", "step"], default="epoch")
-        p.add_argument("--probe-batches", type=int, default=2)
-        p.add_argument("--metric", default="taylor")
-        p.add_argument("--k", type=int, default=2, help="blocks for top-k")
-        p.add_argument("--epochs", type=int, default=1)
-        p.add_argument("--max-steps", type=int)
-        p.add_argument("--batch-size", type=int, default=8)
-        p.add_argument("--lr", type=float, default=1e-4)
-        p.add_argument("--max-source-tokens", type=int, default=128)
-        p.add_argument("--max-target-tokens", type=int, default=32)
-        p.add_argument("--max-train-examples", type=int)
-        p.add_argument("--max-eval-examples", type=int, default=100)
-        p.add_argument("--num-beams", type=int, default=2)
-        p.add_argument("--no-rouge", action="store_true", help="skip generation and ROUGE at the end")
-        p.add_argument("--source-field")
-        p.add_argument("--target-field")
+    p = sub.add_parser("train", help="fine-tune with one scheme")
+    _config_flags(p, skip=("label",))
+    p.add_argument("--resume", type=Path, help="continue the interrupted run in this directory")
+    p.add_argument("--out", type=Path, help="run directory")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+
+    p = sub.add_parser("compare", help="run several schemes on the same data")
+    _config_flags(p, skip=("label", "scheme"))
+    p.add_argument("--schemes", default="full,green:0.5,green:0.7,lora,top-k:2,random:0.5",
+                   help="comma-separated, e.g. full,green:0.5,lora,top-k:2,random:0.5")
+    p.add_argument("--out", type=Path, help="one sub-directory per scheme goes here")
+    p.add_argument("--overwrite", action="store_true", help="replace runs already in --out")
+
     p = sub.add_parser("app", help="launch the Gradio app (offline default: minilm on stdlib-tldr)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: this machine only)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=int, default=7860, help="port to listen on (default: 7860)")
     p.add_argument("--share", action="store_true", help="also create a public gradio.live link (off by default)")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where the app's runs are written and read")
     return parser
@@ -155,16 +157,10 @@ def _select(args) -> int:
 
 
 def _config(args, scheme: str):
-    from .engine import TrainConfig
+    from .training.config import TrainConfig
 
-    return TrainConfig(
-        model=args.model, dataset=args.dataset, scheme=scheme, rho=args.rho, interval=args.interval,
-        interval_unit=args.interval_unit, probe_batches=args.probe_batches, metric=args.metric, k=args.k,
-        epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
-        max_source_tokens=args.max_source_tokens, max_target_tokens=args.max_target_tokens,
-        max_train_examples=args.max_train_examples, max_eval_examples=args.max_eval_examples,
-        num_beams=args.num_beams, eval_rouge=not args.no_rouge, seed=args.seed, device=args.device,
-        source_field=args.source_field, target_field=args.target_field)
+    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    return TrainConfig(**{**settings, "scheme": scheme})
 
 
 def _drive(run, desc: str) -> dict:
@@ -190,7 +186,7 @@ def _drive(run, desc: str) -> dict:
 
 
 def _train(args) -> int:
-    from .engine import Run
+    from .training import Run
 
     if args.resume:
         run = Run.resume(args.resume)
@@ -208,7 +204,7 @@ def _train(args) -> int:
 
 
 def _compare(args) -> int:
-    from .engine import Run
+    from .training import Run
     from .plots import comparison_rows
     from .records import write_json_atomic
 
@@ -233,7 +229,7 @@ def _compare(args) -> int:
 
 
 def _app(args) -> int:
-    from app.main import launch
+    from greencore_app.main import launch
 
     launch(host=args.host, port=args.port, share=args.share, runs_dir=args.runs_dir)
     return 0

@@ -1,14 +1,15 @@
 """Tensor importance: how much the training loss would drop if a tensor were updated.
 
 The default `taylor` metric is the first-order Taylor estimate of the loss change caused by the update the optimizer
-would apply, `I[k] = -sum(grad_k * delta_w_k)` (GREENTRAINER.md section 2). The update is computed from the
+would apply, `I[k] = -sum(grad_k * delta_w_k)` (docs/method.md, "Importance"). The update is computed from the
 optimizer's formulas and its current state, so nothing is stepped and nothing needs restoring: weights, `.grad`,
 `requires_grad` flags, the optimizer's state and the global RNG are exactly as before the call.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+import math
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -16,9 +17,15 @@ import torch
 from .flops import model_loss, rng_devices
 from .profile import TensorProfile, profile_model
 
-__all__ = ["IMPORTANCE_METRICS", "tensor_importance"]
+__all__ = ["IMPORTANCE_METRICS", "GradientReduce", "tensor_importance"]
 
 IMPORTANCE_METRICS = ("taylor", "grad_l1", "fisher", "magnitude", "random")
+
+
+GradientReduce = Callable[[list[torch.Tensor], torch.Tensor], float]
+"""`reduce(grads, loss)`: sum the probe gradients (in place) and the loss over every process, return the summed loss.
+
+The distributed engine passes `training.distributed.gradient_reduce`; a single process passes nothing."""
 
 
 def tensor_importance(
@@ -29,12 +36,18 @@ def tensor_importance(
     *,
     profile: TensorProfile | None = None,
     seed: int = 0,
+    weights: Sequence[float] | None = None,
+    reduce: GradientReduce | None = None,
 ) -> np.ndarray:
     """Importance of each tensor of `profile` (profiled on the first batch when not given), averaged over `batches`.
 
     `taylor` uses the update of `optimizer` (Adam, AdamW or SGD, with its current state) or of a fresh AdamW with
     default hyper-parameters. `grad_l1` is sum(|grad|), `fisher` sum(grad**2), `magnitude` sum(|w|) and `random`
     a seeded uniform draw, for ablations.
+
+    Data-parallel use: every process passes its own shard of the same probe batches, `weights[i]` (its shard's share
+    of batch i's label tokens) and `reduce`; each batch's gradient is then scaled, summed over the processes and
+    scored there, so every process gets the scores of the global batches, as one process would compute them.
     """
     if metric not in IMPORTANCE_METRICS:
         raise ValueError(f"unknown importance metric {metric!r}; choose one of {', '.join(IMPORTANCE_METRICS)}")
@@ -51,6 +64,9 @@ def tensor_importance(
         return np.array([float(t.detach().abs().sum()) for t in tensors])
     if not batches:
         raise ValueError(f"metric {metric!r} needs at least one probe batch")
+    weights = [1.0] * len(batches) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(batches):
+        raise ValueError(f"{len(weights)} weights for {len(batches)} probe batches")
     update = _update_rule(optimizer, tensors) if metric == "taylor" else None
 
     total = np.zeros(len(tensors))
@@ -58,14 +74,22 @@ def tensor_importance(
     try:
         for t in tensors:
             t.requires_grad_(True)
-        for batch in batches:
+        for batch, weight in zip(batches, weights):
             with torch.random.fork_rng(devices=rng_devices(tensors)):
                 loss = model_loss(model, batch)
-                grads = torch.autograd.grad(loss, tensors, allow_unused=True)
-            if not torch.isfinite(loss):
-                raise ValueError(f"the probe loss is {loss.item()}: importance cannot be computed on a diverged model")
+                if weight != 1.0:
+                    loss = loss * weight
+                grads = list(torch.autograd.grad(loss, tensors, allow_unused=True))
+            used = [g is not None for g in grads]
+            if reduce is None:
+                value = loss.item()
+            else:  # every process must send a gradient for every tensor, used here or not
+                grads = [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads)]
+                value = reduce(grads, loss.detach().float())
+            if not math.isfinite(value):
+                raise ValueError(f"the probe loss is {value}: importance cannot be computed on a diverged model")
             for k, (t, g) in enumerate(zip(tensors, grads)):
-                if g is not None:
+                if used[k]:
                     total[k] += _score(metric, t, g, update)
     finally:
         for t, flag in zip(tensors, saved):

@@ -6,7 +6,7 @@ backward pass can be predicted for *any* set of trainable tensors by asking, op 
 would need a gradient for, and counting the FLOPs of that op's backward (replayed on the meta device under
 `FlopCounterMode`, so the count is the same one a measurement gives).
 
-From the same trace it derives the chain the selector optimises (GREENTRAINER.md section 2): tensors in backprop
+From the same trace it derives the chain the selector optimises (docs/method.md, "The cost model"): tensors in backprop
 order (by their use nearest the loss), `t_dw[k]` (weight-gradient FLOPs of tensor k over all its uses) and `t_dy[k]`
 (activation-gradient FLOPs of the ops between tensor k's position and the next deeper tensor).
 """
@@ -109,6 +109,13 @@ class TensorProfile:
             "layout": [lay.to_dict() for lay in self.layout],
             "unused": list(self.unused),
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TensorProfile":
+        """The profile `to_dict` wrote, without its op graph: `backward_flops` then uses the chain model."""
+        return cls(names=list(data["names"]), t_fp=float(data["t_fp"]), t_dy=data["t_dy"], t_dw=data["t_dw"],
+                   reach=data["reach"], layout=[TensorLayout(**lay) for lay in data.get("layout", [])],
+                   unused=list(data.get("unused", [])))
 
 
 def _as_mask(trainable: Any, names: list[str]) -> np.ndarray:

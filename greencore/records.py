@@ -2,13 +2,16 @@
 
     run/
       config.json        the TrainConfig
-      metrics.jsonl      one line per logged step and per evaluation, appended and flushed as they happen
-      selections.jsonl   one line per (re-)selection of trainable tensors
-      summary.json       the run's totals (rewritten at the end, or when it is interrupted or fails)
+      profile.json       the TensorProfile the run selected with (`TensorProfile.to_dict`); selections refer to it
+      metrics.jsonl      one `TrainRow` per step and one `EvalRow` per evaluation, appended and flushed as they happen
+      selections.jsonl   one `SelectionRow` per (re-)selection of trainable tensors
+      summary.json       the run's `Summary` (rewritten at the end, or when it is interrupted or fails)
       checkpoints/epoch-N/  model.safetensors, optimizer.safetensors, state.json
 
-JSON files and checkpoints are written to a temporary name and renamed into place, so a crash leaves the previous
-version intact. The app and the notebooks follow a run live by re-reading the .jsonl files.
+The row types below are the schema of these files, written by the training loop and read by the CLI, the app and
+the notebooks; they are also the events `Run.events()` yields. JSON files and checkpoints are written to a temporary
+name and renamed into place, so a crash leaves the previous version intact. The app and the notebooks follow a run
+live by re-reading the .jsonl files.
 """
 
 from __future__ import annotations
@@ -19,12 +22,116 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["RunRecord", "RunWriter", "list_runs", "load_run", "write_json_atomic"]
+if TYPE_CHECKING:
+    from .profile import TensorProfile
+
+__all__ = ["DoneEvent", "EvalRow", "PROFILE_FILE", "RunRecord", "RunWriter", "SelectionRow", "Summary", "TrainRow",
+           "list_runs", "load_run", "write_json_atomic"]
+
+PROFILE_FILE = "profile.json"
+
+
+class TrainRow(TypedDict):
+    """One optimizer step (`metrics.jsonl`); FLOPs and time are cumulative, selection work included."""
+
+    type: Literal["train"]
+    step: int
+    epoch: float  # fractional: epoch + (batch index + 1) / steps per epoch
+    loss: float
+    lr: float
+    flops: float
+    flops_full: float  # what full fine-tuning would have spent on the same batches
+    time: float
+    total_steps: int
+
+
+class EvalRow(TypedDict, total=False):
+    """An evaluation (`metrics.jsonl`): validation loss after an epoch, or ROUGE of one split at the end."""
+
+    type: Literal["eval"]
+    split: str
+    step: int
+    epoch: int
+    loss: float
+    rouge1: float
+    rouge2: float
+    rougeL: float
+    rougeLsum: float
+    examples: list[dict[str, str]]  # the first predictions with their references
+
+
+class SelectionRow(TypedDict, total=False):
+    """One (re-)selection (`selections.jsonl`); `mask` and `importance` align with `names`, the tensors of the
+    run's `profile` file in backprop order."""
+
+    type: Literal["selection"]
+    index: int
+    step: int
+    epoch: int
+    rho: float
+    metric: str
+    profile: str
+    names: list[str]
+    mask: list[bool]
+    importance: list[float]
+    predicted_ratio: float
+    objective: float
+    trainable_tensors: int
+    flops_overhead: float
+    flops_overhead_per_rank: list[float]
+    seconds: float
+
+
+class Summary(TypedDict, total=False):
+    """`summary.json`: the run's totals; FLOPs summed over the ranks, times and memory the largest of any rank."""
+
+    label: str
+    scheme: str
+    rho: float | None
+    k: int | None
+    model: str
+    dataset: str
+    status: str  # finished, stopped, interrupted or failed
+    steps: int
+    flops_total: float  # training steps plus selection work
+    flops_training: float
+    flops_selection: float
+    flops_full_equivalent: float
+    flops_ratio: float | None
+    flops_ratio_training: float | None
+    rouge1: float | None  # test split; validation_rouge1 etc. hold the validation split's
+    rouge2: float | None
+    rougeL: float | None
+    rougeLsum: float | None
+    val_loss: float | None
+    wall_seconds: float
+    selection_seconds: float
+    eval_seconds: float
+    peak_memory_bytes: int | None
+    trainable_params: int
+    total_params: int
+    train_examples: int
+    truncated_sources: int
+    selections: int
+    world_size: int
+    flops_per_rank: list[float]
+    flops_ratio_per_rank: list[float | None]
+    distributed: dict[str, Any]
+    error: str
+
+
+class DoneEvent(TypedDict):
+    """The last event of `Run.events()`."""
+
+    type: Literal["done"]
+    status: str
+    step: int
+    summary: Summary
 
 
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
@@ -57,20 +164,31 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 
 class RunWriter:
-    """Appends a run's records to its directory."""
+    """Appends a run's records to its directory. A writer made with `enabled=False` writes nothing (the ranks other
+    than 0 of a distributed run: rank 0 alone writes the run directory)."""
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, *, enabled: bool = True) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.enabled = enabled
+        if enabled:
+            self.root.mkdir(parents=True, exist_ok=True)
 
     def write_config(self, config: dict) -> None:
-        write_json_atomic(self.root / "config.json", config)
+        if self.enabled:
+            write_json_atomic(self.root / "config.json", config)
 
-    def write_summary(self, summary: dict) -> None:
-        write_json_atomic(self.root / "summary.json", summary)
+    def write_profile(self, profile: "TensorProfile") -> None:
+        if self.enabled:
+            write_json_atomic(self.root / PROFILE_FILE, profile.to_dict())
 
-    def append(self, kind: str, row: dict) -> None:
+    def write_summary(self, summary: Summary) -> None:
+        if self.enabled:
+            write_json_atomic(self.root / "summary.json", summary)
+
+    def append(self, kind: str, row: TrainRow | EvalRow | SelectionRow) -> None:
         """Append one JSON line to `metrics.jsonl` or `selections.jsonl` and flush it to disk."""
+        if not self.enabled:
+            return
         with open(self.root / f"{kind}.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
@@ -78,6 +196,8 @@ class RunWriter:
 
     def truncate_after(self, step: int) -> None:
         """Drop records past `step` (used when resuming from a checkpoint taken at that step)."""
+        if not self.enabled:
+            return
         for kind in ("metrics", "selections"):
             path = self.root / f"{kind}.jsonl"
             rows = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
@@ -90,6 +210,8 @@ class RunWriter:
                         state: dict, keep: int) -> Path:
         """Write checkpoints/<name> atomically, then keep only the newest `keep` checkpoints."""
         folder = self.root / "checkpoints"
+        if not self.enabled:
+            return folder / name
         folder.mkdir(exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".{name}."))
         try:
@@ -151,13 +273,38 @@ class RunRecord:
 
     path: Path
     config: dict
-    metrics: list[dict] = field(default_factory=list)
-    selections: list[dict] = field(default_factory=list)
-    summary: dict | None = None
+    metrics: list[TrainRow | EvalRow] = field(default_factory=list)
+    selections: list[SelectionRow] = field(default_factory=list)
+    summary: Summary | None = None
 
     @property
     def label(self) -> str:
         return (self.summary or {}).get("label") or self.config.get("label") or self.path.name
+
+    @property
+    def train_rows(self) -> list[TrainRow]:
+        return [r for r in self.metrics if r["type"] == "train"]
+
+    @property
+    def eval_rows(self) -> list[EvalRow]:
+        return [r for r in self.metrics if r["type"] == "eval"]
+
+    @property
+    def reselects(self) -> bool:
+        """Whether the run's scheme chooses its tensors while training (so it records selections)."""
+        from .schemes import parse_scheme
+
+        return parse_scheme(self.config["scheme"], rho=self.config.get("rho"), k=self.config.get("k")).reselects
+
+    def profile(self) -> "TensorProfile":
+        """The profile the run selected with (its per-tensor FLOPs and layout), read from `profile.json`."""
+        from .profile import TensorProfile
+
+        path = self.path / PROFILE_FILE
+        if not path.exists():
+            raise ValueError(f"{self.path} has no {PROFILE_FILE}: it was written by an older greencore, which did not "
+                             "save the profile a run selected with")
+        return TensorProfile.from_dict(json.loads(path.read_text()))
 
 
 def load_run(path: str | os.PathLike) -> RunRecord:

@@ -1,4 +1,5 @@
-"""Choice of the tensors to train under a FLOPs budget, exact up to cost bucketing (GREENTRAINER.md section 2).
+"""Choice of the tensors to train under a FLOPs budget, exact up to cost bucketing (docs/method.md,
+"The selection problem").
 
 Problem: maximise `sum(m * I)` subject to `sum(m * t_dw) + prefix[d] <= budget`, where d is the deepest selected
 tensor and `prefix[d]` the activation-gradient FLOPs paid down to it. For every candidate deepest tensor d the

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from app import handlers
-from app import runs as background
-from app.main import LAUNCH_OPTIONS, build_app
-from greencore import TrainConfig, select_tensors, train
+from greencore_app import handlers
+from greencore_app import runs as background
+from greencore_app.main import LAUNCH_OPTIONS, build_app
+from greencore import TrainConfig, plots, select_tensors, train
 from greencore.explore import ExploreSpec, explore
 from greencore.records import checkpoints, load_run
 
@@ -160,6 +160,26 @@ def test_training_run_through_the_handler_shows_its_curves(tmp_path):
     assert view.timeline.data and view.heatmap.data
     selection = load_run(path).selections[0]
     assert selected_cells(view.heatmap) == {n for n, m in zip(selection["names"], selection["mask"]) if m}
+
+
+def test_a_run_heatmap_shows_the_profile_the_run_saved(tmp_path):
+    """The run's per-tensor FLOPs come from its profile.json, not from a fresh profile of its model."""
+    import json
+
+    runs, path = start(tmp_path)
+    background.get(path).thread.join(120)
+    saved = tmp_path / path / "profile.json"
+    data = json.loads(saved.read_text())
+    data["t_dw"] = [3.0 * x + 7.0 for x in data["t_dw"]]  # numbers no profile of the model would give
+    saved.write_text(json.dumps(data))
+    view = handlers.selection_view(runs, path, None, "t_dw")
+    record = load_run(path)
+    selection = record.selections[0]
+    expected = plots.selection_heatmap(record.profile(), selection["mask"], selection["importance"], color_by="t_dw")
+    assert [list(row) for row in view.heatmap.data[0].z] == [list(row) for row in expected.data[0].z]
+    saved.unlink()
+    view = handlers.selection_view(runs, path, None, "selected", last=None)
+    assert "profile.json" in view.message and view.heatmap is None
 
 
 def test_stop_ends_a_run_cleanly_with_a_checkpoint(tmp_path):

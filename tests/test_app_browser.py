@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.main import LAUNCH_OPTIONS, build_app
+from greencore_app.main import LAUNCH_OPTIONS, build_app
 from greencore.explore import ExploreSpec
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

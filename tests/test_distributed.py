@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from greencore import distributed
+from greencore.training import distributed
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parent.parent
@@ -190,7 +190,7 @@ def test_a_tensor_unfrozen_after_wrapping_is_all_reduced_once_re_wrapped(launche
 def test_engine_ranks_train_identical_tensors_and_match_a_single_process_run(launched, tmp_path):
     from safetensors.torch import load_file
 
-    from greencore.engine import TrainConfig, train
+    from greencore.training import TrainConfig, train
     from greencore.records import checkpoints, load_run
 
     out, (a, b), _ = launched
@@ -237,7 +237,7 @@ def test_engine_resumes_a_distributed_run_exactly(launched):
 
 
 def test_engine_records_are_written_once_by_rank_0(launched):
-    from greencore.engine import TrainConfig
+    from greencore.training import TrainConfig
     from greencore.records import checkpoints, load_run
 
     out, (a, b), _ = launched
@@ -344,22 +344,22 @@ def _ddp_unfreeze_check() -> dict:
 def _engine_run(out: Path) -> dict:
     """`greencore train` through its CLI entry point, watching each rank's trainer through `Run.events`."""
     from greencore import cli
-    from greencore.engine import Run
+    from greencore.training import Run
 
     seen = {"losses": [], "trainable": [], "masks": []}
     events = Run.events
 
     def watched(run):
         for event in events(run):
-            trainer = run._trainer()
+            state = run.state
             if event["type"] == "selection":
                 seen["masks"].append(event["mask"])
             elif event["type"] == "train":
                 seen["losses"].append(event["loss"])
-                seen["trainable"].append(sorted(n for n, p in trainer.model.named_parameters() if p.requires_grad))
+                seen["trainable"].append(sorted(n for n, p in state.model.named_parameters() if p.requires_grad))
             elif event["type"] == "done":
-                seen["weights"] = {n: t.detach().clone() for n, t in trainer.model.state_dict().items()}
-                seen["ddp_wraps"] = trainer.counters["ddp_wraps"]
+                seen["weights"] = {n: t.detach().clone() for n, t in state.model.state_dict().items()}
+                seen["ddp_wraps"] = state.account.counters.ddp_wraps
                 seen["summary"] = event["summary"]
             yield event
 
@@ -373,7 +373,7 @@ def _engine_run(out: Path) -> dict:
 
 def _resume_run(out: Path) -> dict:
     """The engine run again, asked to stop after step 1 on rank 0 only, then resumed on both ranks."""
-    from greencore.engine import Run, TrainConfig
+    from greencore.training import Run, TrainConfig
 
     seen: dict = {"losses": [], "masks": []}
     run = Run(TrainConfig(**ENGINE), out / "cut")
@@ -392,7 +392,7 @@ def _resume_run(out: Path) -> dict:
         elif event["type"] == "selection":
             seen["masks"].append(event["mask"])
         elif event["type"] == "done":
-            seen["weights"] = {n: t.detach().clone() for n, t in resumed._trainer().model.state_dict().items()}
+            seen["weights"] = {n: t.detach().clone() for n, t in resumed.state.model.state_dict().items()}
     return seen
 
 
@@ -427,7 +427,7 @@ def _callback_run(out: Path) -> dict:
 
 
 def _crash(out: Path) -> None:
-    from greencore.engine import Run, TrainConfig
+    from greencore.training import Run, TrainConfig
 
     run = Run(TrainConfig(**ENGINE), out / "crash")
     for event in run.events():

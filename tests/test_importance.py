@@ -121,3 +121,23 @@ def test_bad_input(setup):
         tensor_importance(model, batches, torch.optim.AdamW([next(model.parameters())]), profile=profile)
     with pytest.raises(ValueError, match="supports Adam"):
         tensor_importance(model, batches, torch.optim.RMSprop(model.parameters()), profile=profile)
+
+
+def test_weights_and_the_reduce_hook_are_what_the_distributed_path_uses(setup):
+    """A reduce hook that sums two identical 'ranks' (doubles every gradient) and per-batch weights of 1/2 give
+    back the single-process scores: the distributed path is this function with these two arguments."""
+    model, batches, profile = setup
+    plain = tensor_importance(model, batches, metric="grad_l1", profile=profile)
+
+    def two_ranks(grads, loss):
+        for g in grads:
+            g.mul_(2)
+        return float(loss) * 2
+
+    halves = tensor_importance(model, batches, metric="grad_l1", profile=profile,
+                               weights=[0.5] * len(batches), reduce=two_ranks)
+    np.testing.assert_allclose(halves, plain, rtol=1e-6)
+    doubled = tensor_importance(model, batches, metric="grad_l1", profile=profile, reduce=two_ranks)
+    np.testing.assert_allclose(doubled, 2 * plain, rtol=1e-6)
+    with pytest.raises(ValueError, match="weights"):
+        tensor_importance(model, batches, metric="grad_l1", profile=profile, weights=[1.0] * (len(batches) + 1))

@@ -1,4 +1,4 @@
-"""The selector against brute-force enumeration of every mask (GREENTRAINER.md section 2)."""
+"""The selector against brute-force enumeration of every mask (docs/method.md, "The selection problem")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The training engine on tiny models: records, honest FLOPs, schemes, resume, and bad input."""
+"""The training loop on tiny models: records, honest FLOPs, schemes, resume, settings, and bad input."""
 
 import json
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from greencore.engine import Run, TrainConfig, TrainingError, train
+from greencore.training import Run, TrainConfig, TrainingError, train
 from greencore.records import checkpoints, load_run
 from greencore.trainable import set_trainable
 
@@ -181,14 +181,14 @@ def test_profile_is_made_on_the_commonest_batch_shape_of_the_first_epoch(tmp_pat
     run = Run(cfg, tmp_path / "run")
     events = run.events()
     selection = next(e for e in events if e["type"] == "selection")
-    trainer = run._trainer()
+    state = run.state
 
-    fill = {"labels": -100, "attention_mask": 0, "input_ids": pad_token_id(trainer.tokenizer)}
+    fill = {"labels": -100, "attention_mask": 0, "input_ids": pad_token_id(state.tokenizer)}
 
     def padded(batch):  # the engine pads every width up to a multiple of 16
         return {k: torch.nn.functional.pad(v, (0, -v.shape[1] % 16), value=fill[k]) for k, v in batch.items()}
 
-    epoch = [padded(b) for b in batches(trainer.tokenizer, trainer.train_rows, batch_size=8, shuffle=True, seed=0,
+    epoch = [padded(b) for b in batches(state.tokenizer, state.data.train_rows, batch_size=8, shuffle=True, seed=0,
                                         drop_last=True)]
     widths = Counter((b["input_ids"].shape[1], b["labels"].shape[1]) for b in epoch)
     assert len(widths) > 1  # the check below means something only when shapes differ
@@ -200,3 +200,93 @@ def test_profile_is_made_on_the_commonest_batch_shape_of_the_first_epoch(tmp_pat
     assert selection["mask"] == expected.mask.tolist()
     assert selection["predicted_ratio"] == pytest.approx(expected.predicted_ratio)
     events.close()
+
+
+def test_rho_has_one_source_of_truth(tmp_path):
+    """A parameter written in the scheme wins over the rho field, and config.json records what ran."""
+    assert TrainConfig(scheme="green", rho=0.7) == TrainConfig(scheme="green:0.7")
+    cfg = config(scheme="green:0.7", rho=0.5, max_steps=1)
+    assert (cfg.scheme, cfg.rho, cfg.k) == ("green:0.7", 0.7, None)
+    assert (TrainConfig(scheme="full").rho, TrainConfig(scheme="top-k").k) == (None, 2)
+    train(cfg, tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    assert run.config["rho"] == 0.7 and run.config["scheme"] == "green:0.7"
+    assert run.selections[0]["rho"] == 0.7 == run.summary["rho"]
+    assert 0.5 < run.selections[0]["predicted_ratio"] <= 0.7
+    assert TrainConfig.from_dict(run.config) == cfg
+
+
+def test_a_run_saves_the_profile_it_selected_with(tmp_path):
+    """profile.json is the profile of the batch the selection was made on; every selection refers to it."""
+    import numpy as np
+
+    from greencore.models import load_model
+    from greencore.profile import profile_model
+
+    cfg = config(max_steps=1)
+    run = Run(cfg, tmp_path / "run")
+    events = run.events()
+    selection = next(e for e in events if e["type"] == "selection")
+    model, _ = load_model(cfg.model, seed=cfg.seed)  # every tensor trainable, as when the run profiled
+    fresh = profile_model(model.train(), run.state.data.profiling_batch(model))
+    events.close()
+    record = load_run(tmp_path / "run")
+    saved = record.profile()
+    assert json.loads((tmp_path / "run" / "profile.json").read_text()) == fresh.to_dict()
+    assert saved.names == fresh.names and saved.layout == fresh.layout
+    assert np.array_equal(saved.t_dw, fresh.t_dw) and np.array_equal(saved.t_dy, fresh.t_dy)
+    assert selection["profile"] == "profile.json" and selection["names"] == saved.names
+    # the selection's predicted ratio follows from the saved numbers (chain model, an upper bound of the op graph)
+    assert selection["predicted_ratio"] <= saved.step_flops(np.array(selection["mask"])) / saved.full_flops + 1e-12
+
+
+def test_an_added_scheme_needs_only_its_class(tmp_path):
+    """Registering one Scheme subclass makes it usable by TrainConfig, the loop and the records."""
+    from dataclasses import dataclass
+
+    from greencore.schemes import SCHEMES, Scheme, register
+
+    @register
+    @dataclass(frozen=True)
+    class FinalNorm(Scheme):
+        name = "final-norm"
+        description = "the normalisation tensors outside the blocks"
+
+        def trainable(self, profile):
+            return [lay.name for lay in profile.layout if lay.block is None and "norm" in lay.type]
+
+    try:
+        train(config(scheme="final-norm", max_steps=2), tmp_path / "r")
+        from greencore.models import load_model
+
+        initial = {n: p.detach().clone() for n, p in load_model("tiny-gpt2")[0].state_dict().items()}
+        final = _weights(checkpoints(tmp_path / "r")[-1])
+        changed = {n for n, v in final.items() if not torch.equal(v, initial[n])}
+        assert changed == {"transformer.ln_f.weight", "transformer.ln_f.bias"}
+        assert load_run(tmp_path / "r").summary["scheme"] == "final-norm"
+    finally:
+        SCHEMES.pop("final-norm")
+
+
+def test_cli_flags_and_app_defaults_come_from_train_config():
+    import dataclasses
+
+    from greencore.cli import _build_parser
+
+    parser = _build_parser()
+    train_parser = next(a for a in parser._actions if a.dest == "command").choices["train"]
+    flags = {a.dest: a for a in train_parser._actions}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "label":
+            continue
+        action = flags[f.name]
+        assert action.help and f.metadata["help"] in action.help, f.name
+        assert action.default == f.default, f.name
+    assert flags["eval_rouge"].option_strings == ["--no-rouge"]
+    from greencore.importance import IMPORTANCE_METRICS
+
+    assert all(m in flags["metric"].help for m in IMPORTANCE_METRICS)
+    args = parser.parse_args(["train", "--out", "x", "--scheme", "green", "--rho", "0.6", "--no-rouge"])
+    from greencore.cli import _config
+
+    assert _config(args, args.scheme) == TrainConfig(scheme="green:0.6", eval_rouge=False)

@@ -1,51 +1,22 @@
-"""Plotly figures of profiles, selections and training runs, shared by the Gradio app and the notebooks.
-
-Every function returns a `plotly.graph_objects.Figure` built offline (nothing is fetched); all use one template
-and the same two colours for trained / frozen tensors. Empty inputs give an empty figure that says so; malformed
-inputs raise ValueError.
-
-Run records are the plain dicts the training engine writes: metrics lines (`type` "train" / "eval"), selection
-lines (`index`, `step`, `names`, `mask`, `importance`, ...) and summaries (`scheme`, `rho`, `flops_total`,
-`flops_ratio` (None before any step), `rouge1`, `rouge2`, `rougeL` in percent as `greencore.evaluate.rouge` gives
-them (None if not scored), `wall_seconds`, ...).
-"""
+"""Figures of profiles and selections: the per-layer heatmap, a step's FLOPs breakdown, the rho trade-off, the
+re-selection timeline and predicted-against-measured checks."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
-import plotly.colors
 import plotly.graph_objects as go
 
-from .layout import TensorLayout
-from .profile import TensorProfile
-from .select import select_tensors
+from ..layout import TensorLayout
+from ..profile import TensorProfile
+from ..select import select_tensors
+from .style import (COLOR_BY, RUN_COLORS, TRAINED_COLOR, _SELECTED_COLORBAR, _SELECTED_SCALE, _empty_figure, _field,
+                    _figure, _number, _per_tensor)
+from .tables import format_flops
 
-__all__ = [
-    "COLOR_BY",
-    "comparison_rows",
-    "flops_breakdown",
-    "flops_progress",
-    "format_flops",
-    "loss_curves",
-    "pareto",
-    "prediction_check",
-    "selection_heatmap",
-    "selection_timeline",
-    "tradeoff_curve",
-]
-
-TEMPLATE = "plotly_white"
-TRAINED_COLOR = "#2ca02c"
-FROZEN_COLOR = "#dcdcdc"
-RUN_COLORS = plotly.colors.qualitative.Plotly
-COLOR_BY = ("selected", "importance", "t_dw", "t_dy")
-
-_SELECTED_SCALE = [[0.0, FROZEN_COLOR], [1.0, TRAINED_COLOR]]
-_SELECTED_COLORBAR = {"tickvals": [0, 1], "ticktext": ["frozen", "trained"]}
-_FLOPS_UNITS = ("FLOPs", "kFLOPs", "MFLOPs", "GFLOPs", "TFLOPs", "PFLOPs", "EFLOPs", "ZFLOPs")
+__all__ = ["flops_breakdown", "prediction_check", "selection_heatmap", "selection_timeline", "tradeoff_curve"]
 
 # Heatmap column order: attention, cross-attention, MLP, norms, then embeddings and head; unknown types follow.
 _TYPE_ORDER = [
@@ -55,25 +26,13 @@ _TYPE_ORDER = [
     "attn_norm", "cross_norm", "mlp_norm", "embed_norm", "norm", "head_norm",
     "embed", "pos_embed", "type_embed", "head_transform", "lm_head",
 ]  # fmt: skip
+
+
 _PARAM_ORDER = {"weight": 0, "bias": 1}
+
+
 # Tensors LoRA adapts in the reference configuration (r=8 on the attention query and value projections).
 _LORA_TARGETS = {(base, "weight") for base in ("q", "v", "qkv", "cross_q", "cross_v", "cross_kv", "cross_qkv")}
-
-
-def format_flops(x: float) -> str:
-    """A FLOP count with an SI unit and three significant digits, e.g. "12.3 GFLOPs"."""
-    value = float(x)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"FLOPs must be a finite number >= 0, got {x!r}")
-    exponent = 0
-    while float(f"{value:.3g}") >= 1000 and exponent < len(_FLOPS_UNITS) - 1:
-        value /= 1000
-        exponent += 1
-    return f"{value:.3g} {_FLOPS_UNITS[exponent]}"
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Profile and selection figures
 
 
 def selection_heatmap(
@@ -351,147 +310,6 @@ def selection_timeline(
     return fig
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Run figures
-
-
-def loss_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> go.Figure:
-    """Training loss against step for each run, overlaid, with validation losses as markers in the same colour.
-
-    Eval lines without a loss (the ROUGE results of generation) and of other splits are not drawn.
-    """
-    title = "Loss"
-    series = _run_series(runs)
-    fig = _figure(title, height=440)
-    for i, (label, lines) in enumerate(series.items()):
-        color = RUN_COLORS[i % len(RUN_COLORS)]
-        train = [r for r in lines if r.get("type") == "train"]
-        evals = [r for r in lines if r.get("type") == "eval" and r.get("split") == "validation" and "loss" in r]
-        if train:
-            fig.add_trace(
-                go.Scatter(
-                    x=[_field(r, "step", "train") for r in train],
-                    y=[_field(r, "loss", "train") for r in train],
-                    name=f"{label} (train)",
-                    legendgroup=label,
-                    mode="lines",
-                    line={"color": color},
-                )
-            )
-        if evals:
-            fig.add_trace(
-                go.Scatter(
-                    x=[_field(r, "step", "eval") for r in evals],
-                    y=[_field(r, "loss", "eval") for r in evals],
-                    name=f"{label} (validation)",
-                    legendgroup=label,
-                    mode="markers",
-                    marker={"color": color, "size": 9, "symbol": "diamond"},
-                )
-            )
-    if not fig.data:
-        return _empty_figure("No training or validation losses recorded yet.", title)
-    fig.update_xaxes(title_text="step")
-    fig.update_yaxes(title_text="loss")
-    return fig
-
-
-def flops_progress(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> go.Figure:
-    """Cumulative measured FLOPs against step for each run, with its full fine-tuning equivalent dashed."""
-    title = "Cumulative training FLOPs"
-    series = _run_series(runs)
-    fig = _figure(title, height=440)
-    for i, (label, lines) in enumerate(series.items()):
-        train = [r for r in lines if r.get("type") == "train"]
-        if not train:
-            continue
-        color = RUN_COLORS[i % len(RUN_COLORS)]
-        steps = [_field(r, "step", "train") for r in train]
-        for key, name, dash in (("flops", "measured", "solid"), ("flops_full", "full fine-tuning equivalent", "dash")):
-            ys = [_number(r, key, "train line") for r in train]
-            fig.add_trace(
-                go.Scatter(
-                    x=steps,
-                    y=ys,
-                    name=f"{label} ({name})",
-                    legendgroup=label,
-                    mode="lines",
-                    line={"color": color, "dash": dash},
-                    customdata=[format_flops(y) for y in ys],
-                    hovertemplate=f"{label} ({name})<br>step %{{x}}: %{{customdata}}<extra></extra>",
-                )
-            )
-    if not fig.data:
-        return _empty_figure("No training steps recorded yet.", title)
-    fig.update_xaxes(title_text="step")
-    fig.update_yaxes(title_text="cumulative FLOPs", tickformat="~s")
-    return fig
-
-
-class _RunPoint(NamedTuple):
-    scheme: str
-    label: str
-    flops: float
-    savings: float | None
-    rouge_l: float
-
-
-def pareto(summaries: Sequence[Mapping[str, Any]], x: str = "flops") -> go.Figure:
-    """ROUGE-L against training FLOPs (`x="flops"`) or FLOPs saved (`x="savings"`), one point per run.
-
-    Points are coloured by scheme and labelled by run; runs without a ROUGE-L score (or, for "savings", without a
-    FLOPs ratio) are left out. The dashed line joins the runs no other run beats on both axes.
-    """
-    if x not in ("flops", "savings"):
-        raise ValueError(f"x={x!r} must be 'flops' or 'savings'")
-    title = "ROUGE-L against training FLOPs" if x == "flops" else "ROUGE-L against FLOPs saved"
-    points = []
-    for s in summaries:
-        rouge, savings = _rouge(s, "rougeL"), _savings(s)
-        if rouge is None or (x == "savings" and savings is None):
-            continue
-        flops = _number(s, "flops_total", "summary")
-        points.append(_RunPoint(str(_field(s, "scheme", "summary")), _run_label(s), flops, savings, rouge))
-    if not points:
-        return _empty_figure("No run with a ROUGE-L score yet.", title)
-
-    fig = _figure(title, height=480)
-    schemes = list(dict.fromkeys(p.scheme for p in points))
-    for i, scheme in enumerate(schemes):
-        mine = [p for p in points if p.scheme == scheme]
-        fig.add_trace(
-            go.Scatter(
-                x=[p.flops if x == "flops" else p.savings for p in mine],
-                y=[p.rouge_l for p in mine],
-                name=scheme,
-                mode="markers+text",
-                text=[p.label for p in mine],
-                textposition="top center",
-                marker={"size": 11, "color": RUN_COLORS[i % len(RUN_COLORS)]},
-                customdata=[[format_flops(p.flops), "n/a" if p.savings is None else f"{p.savings:.1f}%"] for p in mine],
-                hovertemplate="%{text}<br>%{customdata[0]} (%{customdata[1]} saved)<br>ROUGE-L %{y:.1f}<extra></extra>",
-            )
-        )
-    # Lower FLOPs or higher savings is better: the front is computed on the cost the x axis shows.
-    front = _pareto_front([(p.flops if x == "flops" else -p.savings, p.rouge_l) for p in points])
-    fig.add_trace(
-        go.Scatter(
-            x=[cost if x == "flops" else -cost for cost, _ in front],
-            y=[score for _, score in front],
-            name="Pareto front",
-            mode="lines",
-            line={"dash": "dash", "color": "#7f7f7f"},
-            hoverinfo="skip",
-        )
-    )
-    if x == "flops":
-        fig.update_xaxes(title_text="training FLOPs (measured, incl. selection)", tickformat="~s")
-    else:
-        fig.update_xaxes(title_text="FLOPs saved vs full fine-tuning (%)")
-    fig.update_yaxes(title_text="ROUGE-L")
-    return fig
-
-
 def prediction_check(measured: Sequence[float], predictions: Mapping[str, Sequence[float]], labels: Sequence[Any], *,
                      title: str = "Predicted against measured", x_title: str = "predicted",
                      y_title: str = "measured", log: bool = False, tickformat: str | None = None) -> go.Figure:
@@ -527,66 +345,6 @@ def prediction_check(measured: Sequence[float], predictions: Mapping[str, Sequen
     fig.update_xaxes(title_text=x_title, **axis)
     fig.update_yaxes(title_text=y_title, **axis)
     return fig
-
-
-def comparison_rows(summaries: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
-    """One table row of display strings per run: scheme, rho, FLOPs, savings, time and ROUGE-1/2/L ("-": none)."""
-    rows = []
-    for s in summaries:
-        rho, savings = s.get("rho"), _savings(s)
-        rouges = {key: _rouge(s, key) for key in ("rouge1", "rouge2", "rougeL")}
-        rows.append(
-            {
-                "run": _run_label(s),
-                "scheme": str(_field(s, "scheme", "summary")),
-                "rho": "-" if rho is None else f"{rho:g}",
-                "FLOPs": format_flops(_number(s, "flops_total", "summary")),
-                "savings": "-" if savings is None else f"{savings:.1f}%",
-                "time": _format_seconds(_number(s, "wall_seconds", "summary")),
-                **{
-                    label: "-" if rouges[key] is None else f"{rouges[key]:.1f}"
-                    for label, key in (("ROUGE-1", "rouge1"), ("ROUGE-2", "rouge2"), ("ROUGE-L", "rougeL"))
-                },
-            }
-        )
-    return rows
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Helpers
-
-
-def _figure(title: str, height: int, **layout: Any) -> go.Figure:
-    """An empty figure with the shared template, title and legend placement."""
-    fig = go.Figure()
-    fig.update_layout(
-        template=TEMPLATE,
-        title={"text": title},
-        height=height,
-        margin={"l": 70, "r": 30, "t": 60, "b": 60},
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0},
-        **layout,
-    )
-    return fig
-
-
-def _empty_figure(message: str, title: str | None) -> go.Figure:
-    """A figure with no data that says why, so a UI can show it instead of failing."""
-    fig = _figure(title or "", height=300)
-    fig.add_annotation(text=message, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5, font={"size": 15})
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    return fig
-
-
-def _per_tensor(values: Any, n: int, what: str) -> np.ndarray:
-    """A finite float vector with one entry per tensor."""
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.shape != (n,):
-        raise ValueError(f"{what} must have one value per tensor ({n}), got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{what} contains NaN or inf")
-    return arr
 
 
 def _checked_layout(layout: Sequence[TensorLayout], names: Sequence[str]) -> list[TensorLayout]:
@@ -638,79 +396,3 @@ def _deepest_lora_target(profile: TensorProfile) -> int | None:
     """Index of the deepest attention query/value weight (where LoRA's activation gradient must reach)."""
     targets = [k for k, lay in enumerate(profile.layout) if _split_type(lay.type)[:2] in _LORA_TARGETS]
     return max(targets) if targets else None
-
-
-def _field(record: Mapping[str, Any], key: str, what: str) -> Any:
-    """record[key], with a clear error naming the kind of record when it is missing."""
-    if not isinstance(record, Mapping):
-        raise ValueError(f"each {what} record must be a dict, got {type(record).__name__}")
-    if key not in record:
-        raise ValueError(f"{what} record has no {key!r} (it has {', '.join(map(str, record))})")
-    return record[key]
-
-
-def _number(record: Mapping[str, Any], key: str, what: str) -> float:
-    """record[key] as a float, checked to be a finite number >= 0 (FLOPs, ratios, durations)."""
-    value = _field(record, key, what)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{what} {key!r} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def _run_series(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, list[Mapping[str, Any]]]:
-    """Each run's metrics lines sorted by step (lines of other types are kept; callers filter by type)."""
-    if not isinstance(runs, Mapping):
-        raise ValueError(f"runs must map a run label to its metrics lines, got {type(runs).__name__}")
-    series = {}
-    for label, lines in runs.items():
-        for line in lines:
-            _field(line, "type", f"metrics line of run {label!r}")
-        series[str(label)] = sorted(lines, key=lambda r: (r.get("step", 0), r["type"] != "train"))
-    return series
-
-
-def _run_label(summary: Mapping[str, Any]) -> str:
-    """A run's display name: its label or run name, else scheme and rho."""
-    name = summary.get("label") or summary.get("run")
-    if name:
-        return str(name)
-    rho = summary.get("rho")
-    scheme = str(_field(summary, "scheme", "summary"))
-    return scheme if rho is None else f"{scheme} rho={rho:g}"
-
-
-def _rouge(summary: Mapping[str, Any], key: str) -> float | None:
-    """A ROUGE score in percent, or None when the run was not scored."""
-    value = summary.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
-        raise ValueError(f"summary {key!r} must be a ROUGE score in percent (0 to 100), got {value!r}")
-    return float(value)
-
-
-def _savings(summary: Mapping[str, Any]) -> float | None:
-    """FLOPs saved against full fine-tuning, in percent, or None before any step (no FLOPs ratio yet)."""
-    if _field(summary, "flops_ratio", "summary") is None:
-        return None
-    return 100 * (1 - _number(summary, "flops_ratio", "summary"))
-
-
-def _pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    """(cost, score) points that no other point beats (no higher cost and a higher score), by increasing cost."""
-    front: list[tuple[float, float]] = []
-    for cost, score in sorted(points, key=lambda p: (p[0], -p[1])):
-        if not front or score > front[-1][1]:
-            front.append((cost, score))
-    return front
-
-
-def _format_seconds(seconds: float) -> str:
-    """Wall time as "42.0 s", "3 min 05 s" or "2 h 07 min"."""
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"

@@ -5,7 +5,7 @@ A run is distributed when a launcher (`torchrun`, `python -m torch.distributed.r
 starts it with `WORLD_SIZE > 1`; `GREENCORE_DISTRIBUTED=0` turns the detection off (every process then trains on its
 own). `WORLD_SIZE=1` (for example `torchrun --nproc_per_node 1`) is an ordinary single-process run.
 
-Decisions (the engine and the Trainer callback build on them):
+Decisions (the training loop and the Trainer callback build on them):
 - Process group: created once per process from the launcher's environment (`RANK`, `WORLD_SIZE`, `MASTER_ADDR`,
   `MASTER_PORT`), with gloo for CPU tensors and, where CUDA is available, nccl for CUDA tensors
   (`cpu:gloo,cuda:nccl`), and a timeout of `GREENCORE_DIST_TIMEOUT` seconds (default 1800), after which a rank left
@@ -37,23 +37,21 @@ import inspect
 import math
 import os
 import random
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-from .data import IGNORE_INDEX
-from .flops import model_loss, rng_devices
-from .importance import _score, _update_rule
-from .importance import tensor_importance as _local_importance
-from .profile import TensorProfile
+from ..data import IGNORE_INDEX
+from ..importance import GradientReduce
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "DistInfo",
+    "Replicas",
     "SINGLE",
     "all_gather_object",
     "all_reduce_sum",
@@ -65,12 +63,12 @@ __all__ = [
     "chunk",
     "current",
     "data_parallel",
+    "gradient_reduce",
     "label_tokens",
     "on_main",
     "resolve_device",
     "setup",
     "shard",
-    "tensor_importance",
     "weights_fingerprint",
 ]
 
@@ -182,7 +180,7 @@ def _shutdown() -> None:
 
 def resolve_device(device: str | torch.device | None, info: DistInfo) -> torch.device:
     """The device this rank trains on: `models.resolve_device`, with `cuda` meaning `cuda:LOCAL_RANK` under DDP."""
-    from .models import resolve_device as resolve
+    from ..models import resolve_device as resolve
 
     target = resolve(device)
     if not info.enabled or target.type != "cuda":
@@ -387,61 +385,47 @@ def data_parallel(model: torch.nn.Module, *, candidates: Iterable[str], device: 
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, **kwargs)
 
 
+class Replicas:
+    """The module a training step runs: the model itself in one process; under DDP a wrapper whose reducer covers
+    exactly the tensors trained now.
+
+    DDP all-reduces only the parameters that required grad when it was built, so a tensor unfrozen by a re-selection
+    would silently stay unsynchronised under the old wrapper: the model is re-wrapped whenever the trainable set
+    changes (a few collectives to check parameter shapes; no weights are sent). With a fixed trainable set the
+    wrapper is reused. `counters` (the run's `accounting.Counters`, read through a function since a resumed run
+    replaces them) count the re-wrapping in `ddp_wraps` and `ddp_wrap_seconds`.
+    """
+
+    def __init__(self, model: torch.nn.Module, candidates: Iterable[str], device: torch.device, info: DistInfo,
+                 counters: Callable[[], Any]) -> None:
+        self.model, self.candidates, self.device, self.info = model, list(candidates), device, info
+        self.counters = counters
+        self._ddp: torch.nn.Module | None = None
+        self._key: frozenset[str] | None = None
+
+    def __call__(self) -> torch.nn.Module:
+        if not self.info.enabled:
+            return self.model
+        key = frozenset(n for n, p in self.model.named_parameters() if p.requires_grad)
+        if self._ddp is None or key != self._key:
+            started = time.perf_counter()
+            self._ddp = None  # the old wrapper's reducer and its hooks go first
+            self._ddp = data_parallel(self.model, candidates=self.candidates, device=self.device)
+            self._key = key
+            self.counters().ddp_wraps += 1
+            self.counters().ddp_wrap_seconds += time.perf_counter() - started
+        return self._ddp if self._ddp is not None else self.model
+
+
 # ----------------------------------------------------------------------------------------------- importance
 
 
-def tensor_importance(
-    model: torch.nn.Module,
-    batches: Iterable[Mapping[str, Any]],
-    optimizer: torch.optim.Optimizer | None = None,
-    metric: str = "taylor",
-    *,
-    profile: TensorProfile,
-    seed: int = 0,
-    weights: Sequence[float] | None = None,
-    info: DistInfo | None = None,
-) -> np.ndarray:
-    """`importance.tensor_importance` over the probe batches of all ranks, identical on every rank.
-
-    Each rank passes its own batches (the same number on every rank); batch i's gradient on each rank is scaled by
-    `weights[i]` (default 1/world_size) and summed over the ranks before scoring, so with weights equal to each
-    shard's share of a global batch's label tokens the scores are those of the global batch on one process. Without
-    a process group (or for `random` and `magnitude`, which need no data) this is `importance.tensor_importance`.
-    """
-    info = info or current()
-    if not info.enabled or metric in ("random", "magnitude"):
-        return _local_importance(model, batches, optimizer, metric, profile=profile, seed=seed)
-    batches = list(batches)
-    counts = all_gather_object(len(batches), info)
-    if len(set(counts)) != 1 or not batches:
-        raise ValueError(f"every rank needs the same, non-zero number of probe batches; the ranks have {counts}")
-    weights = [1.0 / info.world_size] * len(batches) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(batches):
-        raise ValueError(f"{len(weights)} weights for {len(batches)} probe batches")
-    params = dict(model.named_parameters())
-    tensors = [params[n] for n in profile.names]
-    update = _update_rule(optimizer, tensors) if metric == "taylor" else None
-    total = np.zeros(len(tensors))
-    saved = [t.requires_grad for t in tensors]
-    try:
-        for t in tensors:
-            t.requires_grad_(True)
-        for batch, weight in zip(batches, weights):
-            with torch.random.fork_rng(devices=rng_devices(tensors)):
-                loss = model_loss(model, batch)
-                grads = torch.autograd.grad(loss * weight, tensors, allow_unused=True)
-            used = [g is not None for g in grads]
-            grads = [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads)]
-            global_loss = _all_reduce_(grads, (loss.detach() * weight).float())
-            if not math.isfinite(global_loss):
-                raise ValueError(f"the probe loss is {global_loss}: importance cannot be computed on a diverged model")
-            for k, (t, g) in enumerate(zip(tensors, grads)):
-                if used[k]:
-                    total[k] += _score(metric, t, g, update)
-    finally:
-        for t, flag in zip(tensors, saved):
-            t.requires_grad_(flag)
-    return total / len(batches)
+def gradient_reduce(info: DistInfo) -> GradientReduce | None:
+    """The `reduce` hook of `importance.tensor_importance` for this process group (None without one): probe
+    gradients and the probe loss summed over all ranks, so every rank scores the global batches' gradients."""
+    if not info.enabled:
+        return None
+    return _all_reduce_
 
 
 def _all_reduce_(tensors: list[torch.Tensor], extra: torch.Tensor) -> float:

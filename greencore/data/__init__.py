@@ -1,0 +1,29 @@
+"""Summarisation data: the data sets greencore fine-tunes on, and their conversion to token ids and batches.
+
+    sources.py   `load_summarization`: stdlib-tldr (offline default), hub presets, local files -> DatasetDict
+    stdlib.py    the stdlib-tldr corpus builder (docstrings of the running Python's standard library) and its cache
+    batching.py  prompts, token ids, padding, collation and seeded batch orders
+"""
+
+from .batching import (IGNORE_INDEX, batches, collate, encode_examples, eos_token_id, pad_batch, pad_prompts,
+                       pad_token_id, prompt_for_generation, sample_batches)
+from .sources import DATASETS, load_summarization
+from .stdlib import BUILDER_VERSION, build_stdlib_tldr, stdlib_cache_path
+
+__all__ = [
+    "BUILDER_VERSION",
+    "DATASETS",
+    "IGNORE_INDEX",
+    "batches",
+    "build_stdlib_tldr",
+    "collate",
+    "encode_examples",
+    "eos_token_id",
+    "load_summarization",
+    "pad_batch",
+    "pad_prompts",
+    "pad_token_id",
+    "prompt_for_generation",
+    "sample_batches",
+    "stdlib_cache_path",
+]

@@ -1,0 +1,226 @@
+"""From text to batches: prompts, token ids, padding and seeded batch orders.
+
+Prompts: a decoder-only model reads `{source} TL;DR: {target}<eos>` and is trained on the target tokens only (the prompt
+is masked with -100); an encoder-decoder model reads `summarize: {source}` and is trained on `{target}<eos>`.
+Sources are truncated, never targets.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+
+import datasets
+import torch
+
+from .sources import load_summarization
+
+if TYPE_CHECKING:  # only for annotations: importing transformers is slow
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = ["IGNORE_INDEX", "batches", "collate", "encode_examples", "eos_token_id", "pad_batch", "pad_prompts",
+           "pad_token_id", "prompt_for_generation", "sample_batches"]
+
+PROMPT_SEPARATOR = " TL;DR:"
+ENCODER_PREFIX = "summarize:"
+IGNORE_INDEX = -100
+
+
+def eos_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id that ends a summary: the tokenizer's eos token, else its [SEP] token (BERT-style tokenizers)."""
+    for token_id in (tokenizer.eos_token_id, tokenizer.sep_token_id):
+        if token_id is not None:
+            return token_id
+    raise ValueError(f"{type(tokenizer).__name__} has neither an eos nor a sep token: set tokenizer.eos_token")
+
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The padding id: the tokenizer's pad token, else its eos token (GPT-2-style tokenizers have no pad)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_id(tokenizer)
+
+
+def _ids(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
+    return tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
+
+
+def _special_affixes(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    """The special ids the tokenizer puts before and after a single text (e.g. [CLS] and [SEP], or none and </s>)."""
+    bare = _ids(tokenizer, ["summary"])[0]
+    full = tokenizer("summary")["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start:start + len(bare)] == bare:
+            return full[:start], full[start + len(bare):]
+    return [], []
+
+
+@dataclass(frozen=True)
+class _Template:
+    """A prompt is head + prefix + source (cut to fit) + suffix + tail."""
+
+    head: list[int]
+    prefix: list[int]
+    suffix: list[int]
+    tail: list[int]
+
+    @property
+    def fixed(self) -> int:
+        return len(self.head) + len(self.prefix) + len(self.suffix) + len(self.tail)
+
+
+def _template(tokenizer: PreTrainedTokenizerBase, is_encoder_decoder: bool) -> _Template:
+    """Encoder-decoder: the tokenizer's own special tokens around `summarize: {source}`. Decoder-only: `{source}
+    TL;DR:` with no special tokens except a leading bos when the tokenizer adds one by itself (OPT, Llama)."""
+    head, tail = _special_affixes(tokenizer)
+    if is_encoder_decoder:
+        return _Template(head, _ids(tokenizer, [ENCODER_PREFIX])[0], [], tail)
+    bos = head if tokenizer.bos_token_id is not None and head == [tokenizer.bos_token_id] else []
+    return _Template(bos, [], _ids(tokenizer, [PROMPT_SEPARATOR])[0], [])
+
+
+def _prompts(tokenizer: PreTrainedTokenizerBase, sources: Sequence[str], *, is_encoder_decoder: bool,
+             max_source_tokens: int) -> tuple[list[list[int]], int]:
+    """Prompt ids for each source, each at most `max_source_tokens` long, and how many sources were cut to fit."""
+    template = _template(tokenizer, is_encoder_decoder)
+    budget = max_source_tokens - template.fixed
+    if budget < 1:
+        raise ValueError(f"max_source_tokens={max_source_tokens} leaves no room for the source: the prompt template "
+                         f"alone takes {template.fixed} tokens, so use at least {template.fixed + 1}")
+    prompts, n_truncated = [], 0
+    for ids in _ids(tokenizer, sources):
+        n_truncated += len(ids) > budget
+        prompts.append(template.head + template.prefix + ids[:budget] + template.suffix + template.tail)
+    return prompts, n_truncated
+
+
+def encode_examples(tokenizer: PreTrainedTokenizerBase, dataset: datasets.Dataset | Mapping[str, Sequence[str]], *,
+                    is_encoder_decoder: bool, max_source_tokens: int, max_target_tokens: int
+                    ) -> tuple[list[dict], int]:
+    """Token ids for training: rows {"input_ids", "labels", "index"} and the number of sources that were truncated.
+
+    The prompt (at most `max_source_tokens` ids) is cut inside the source text, never in the target. An example whose
+    `{target}<eos>` is longer than `max_target_tokens` is dropped rather than cut, since training on a cut summary
+    that ends in eos would teach the model to stop mid-sentence; `index` is each row's position in `dataset`, so
+    `len(dataset) - len(rows)` examples were dropped. Decoder-only rows have labels aligned with input_ids (prompt
+    masked with -100); encoder-decoder rows have the encoder input as input_ids and `{target}<eos>` as labels.
+    """
+    if max_target_tokens < 2:
+        raise ValueError(f"max_target_tokens={max_target_tokens}: it must be at least 2 (one token and eos)")
+    sources, targets = list(dataset["source"]), list(dataset["target"])
+    prompts, n_truncated = _prompts(tokenizer, sources, is_encoder_decoder=is_encoder_decoder,
+                                    max_source_tokens=max_source_tokens)
+    eos = eos_token_id(tokenizer)
+    target_ids = _ids(tokenizer, targets if is_encoder_decoder else [" " + t for t in targets])
+    rows = []
+    for index, (prompt, target) in enumerate(zip(prompts, target_ids)):
+        answer = target + [eos]
+        if len(answer) > max_target_tokens:
+            continue
+        if is_encoder_decoder:
+            rows.append({"input_ids": prompt, "labels": answer, "index": index})
+        else:
+            rows.append({"input_ids": prompt + answer, "labels": [IGNORE_INDEX] * len(prompt) + answer,
+                         "index": index})
+    return rows, n_truncated
+
+
+def prompt_for_generation(tokenizer: PreTrainedTokenizerBase, sources: Sequence[str], *, is_encoder_decoder: bool,
+                          max_source_tokens: int) -> list[list[int]]:
+    """The prompt ids a model generates a summary from: exactly the prompt part of `encode_examples`' rows
+    (decoder-only: `{source} TL;DR:`, which the summary continues; encoder-decoder: the encoder input)."""
+    return _prompts(tokenizer, sources, is_encoder_decoder=is_encoder_decoder, max_source_tokens=max_source_tokens)[0]
+
+
+def pad_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]], *, is_encoder_decoder: bool
+                ) -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask for `model.generate`: decoder-only prompts are padded on the left, so every
+    prompt ends where generation starts; encoder inputs are padded on the right."""
+    if not prompts:
+        raise ValueError("pad_prompts needs at least one prompt")
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_token_id(tokenizer), dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, prompt in enumerate(prompts):
+        start = 0 if is_encoder_decoder else width - len(prompt)
+        input_ids[i, start:start + len(prompt)] = torch.tensor(prompt, dtype=torch.long)
+        attention_mask[i, start:start + len(prompt)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def collate(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Mapping[str, Any]], *, pad_to: int | None = None
+            ) -> dict[str, torch.Tensor]:
+    """A training batch: input_ids (padded with the pad id), attention_mask and labels (padded with -100).
+
+    Padding is on the right, to the longest row, or to `pad_to` for every tensor (a fixed sequence length for
+    profiling). input_ids and labels are padded independently, so decoder-only rows stay aligned and encoder-decoder
+    rows keep their own label length (the model derives its decoder inputs from the labels).
+    """
+    if not rows:
+        raise ValueError("collate needs at least one row")
+    input_width = max(len(r["input_ids"]) for r in rows)
+    label_width = max(len(r["labels"]) for r in rows)
+    if pad_to is not None:
+        if max(input_width, label_width) > pad_to:
+            raise ValueError(f"a row has {max(input_width, label_width)} tokens, more than pad_to={pad_to}: raise "
+                             f"pad_to or lower max_source_tokens/max_target_tokens")
+        input_width = label_width = pad_to
+    input_ids = torch.full((len(rows), input_width), pad_token_id(tokenizer), dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), input_width), dtype=torch.long)
+    labels = torch.full((len(rows), label_width), IGNORE_INDEX, dtype=torch.long)
+    for i, row in enumerate(rows):
+        n_input, n_label = len(row["input_ids"]), len(row["labels"])
+        input_ids[i, :n_input] = torch.tensor(row["input_ids"], dtype=torch.long)
+        attention_mask[i, :n_input] = 1
+        labels[i, :n_label] = torch.tensor(row["labels"], dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def pad_batch(tokenizer: PreTrainedTokenizerBase, batch: Mapping[str, torch.Tensor], multiple: int
+              ) -> dict[str, torch.Tensor]:
+    """A collated batch with every sequence width padded up to a multiple of `multiple` (pad id, mask 0, label -100).
+
+    Fewer distinct shapes means fewer FLOPs measurements and profiles; padding changes no loss.
+    """
+    if multiple < 1:
+        raise ValueError(f"multiple={multiple}: pad to a multiple of a positive number of tokens")
+    fill = {"input_ids": pad_token_id(tokenizer), "attention_mask": 0, "labels": IGNORE_INDEX}
+    return {key: torch.nn.functional.pad(t, (0, -t.shape[1] % multiple), value=fill.get(key, 0))
+            for key, t in batch.items()}
+
+
+def batches(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Mapping[str, Any]], *, batch_size: int, shuffle: bool,
+            seed: int, pad_to: int | None = None, drop_last: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """Collated batches over `rows`, in a shuffled order that depends only on `seed` when `shuffle` is set."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: it must be a positive integer")
+    order = list(range(len(rows)))
+    if shuffle:
+        random.Random(seed).shuffle(order)
+    stop = len(order) - len(order) % batch_size if drop_last else len(order)
+    for start in range(0, stop, batch_size):
+        yield collate(tokenizer, [rows[i] for i in order[start:start + batch_size]], pad_to=pad_to)
+
+
+def sample_batches(tokenizer: PreTrainedTokenizerBase, dataset: str = "stdlib-tldr", *, is_encoder_decoder: bool,
+                   batch_size: int, seq_len: int, count: int = 1, seed: int = 0, max_target_tokens: int = 32
+                   ) -> list[dict[str, torch.Tensor]]:
+    """`count` training batches of exactly `seq_len` tokens from a data set's train split, for profiling and probing.
+
+    Every batch has the same shape, so a profile made on one describes them all. Sources are cut to fit `seq_len`
+    (decoder-only: prompt plus summary; encoder-decoder: the encoder input, with summaries padded to `seq_len` too).
+    """
+    if seq_len <= max_target_tokens and not is_encoder_decoder:
+        raise ValueError(f"seq_len={seq_len} leaves no room for a source next to {max_target_tokens} summary tokens: "
+                         f"use a seq_len above {max_target_tokens}")
+    if count < 1 or batch_size < 1:
+        raise ValueError(f"count={count} and batch_size={batch_size} must be positive")
+    data = load_summarization(dataset)["train"]
+    needed = count * batch_size
+    rows, _ = encode_examples(tokenizer, data.select(range(min(len(data), 4 * needed))),
+                              is_encoder_decoder=is_encoder_decoder,
+                              max_source_tokens=seq_len if is_encoder_decoder else seq_len - max_target_tokens,
+                              max_target_tokens=min(max_target_tokens, seq_len))
+    if len(rows) < needed:
+        raise ValueError(f"{dataset} gives {len(rows)} usable examples, fewer than {count} batches of {batch_size}")
+    return list(batches(tokenizer, rows, batch_size=batch_size, shuffle=True, seed=seed, pad_to=seq_len,
+                        drop_last=True))[:count]

@@ -1,0 +1,34 @@
+"""Plotly figures of profiles, selections and training runs, shared by the Gradio app and the notebooks.
+
+Every function returns a `plotly.graph_objects.Figure` built offline (nothing is fetched); all use one template
+and the same two colours for trained / frozen tensors (`style`). Empty inputs give an empty figure that says so;
+malformed inputs raise ValueError.
+
+    profiles.py  per-layer selection heatmap, FLOPs breakdown, rho trade-off, re-selection timeline, prediction check
+    runs.py      loss curves, FLOPs progress, ROUGE-L against FLOPs
+    tables.py    FLOP counts as text, comparison table rows
+    style.py     the shared template, colours and input checks
+
+Run records are the rows of `greencore.records` (`TrainRow`, `EvalRow`, `SelectionRow`, `Summary`); ROUGE scores are
+in percent as `greencore.evaluate.rouge` gives them (None if not scored). To add a figure, write a function in the
+module of its kind and list it here.
+"""
+
+from .profiles import flops_breakdown, prediction_check, selection_heatmap, selection_timeline, tradeoff_curve
+from .runs import flops_progress, loss_curves, pareto
+from .style import COLOR_BY
+from .tables import comparison_rows, format_flops
+
+__all__ = [
+    "COLOR_BY",
+    "comparison_rows",
+    "flops_breakdown",
+    "flops_progress",
+    "format_flops",
+    "loss_curves",
+    "pareto",
+    "prediction_check",
+    "selection_heatmap",
+    "selection_timeline",
+    "tradeoff_curve",
+]

@@ -1,0 +1,169 @@
+"""Figures of training runs: loss curves, FLOPs spent against full fine-tuning, and ROUGE-L against FLOPs."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import plotly.graph_objects as go
+
+from .style import RUN_COLORS, _empty_figure, _field, _figure, _number
+from .tables import _rouge, _run_label, _savings, format_flops
+
+__all__ = ["flops_progress", "loss_curves", "pareto"]
+
+def loss_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> go.Figure:
+    """Training loss against step for each run, overlaid, with validation losses as markers in the same colour.
+
+    Eval lines without a loss (the ROUGE results of generation) and of other splits are not drawn.
+    """
+    title = "Loss"
+    series = _run_series(runs)
+    fig = _figure(title, height=440)
+    for i, (label, lines) in enumerate(series.items()):
+        color = RUN_COLORS[i % len(RUN_COLORS)]
+        train = [r for r in lines if r.get("type") == "train"]
+        evals = [r for r in lines if r.get("type") == "eval" and r.get("split") == "validation" and "loss" in r]
+        if train:
+            fig.add_trace(
+                go.Scatter(
+                    x=[_field(r, "step", "train") for r in train],
+                    y=[_field(r, "loss", "train") for r in train],
+                    name=f"{label} (train)",
+                    legendgroup=label,
+                    mode="lines",
+                    line={"color": color},
+                )
+            )
+        if evals:
+            fig.add_trace(
+                go.Scatter(
+                    x=[_field(r, "step", "eval") for r in evals],
+                    y=[_field(r, "loss", "eval") for r in evals],
+                    name=f"{label} (validation)",
+                    legendgroup=label,
+                    mode="markers",
+                    marker={"color": color, "size": 9, "symbol": "diamond"},
+                )
+            )
+    if not fig.data:
+        return _empty_figure("No training or validation losses recorded yet.", title)
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text="loss")
+    return fig
+
+
+def flops_progress(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> go.Figure:
+    """Cumulative measured FLOPs against step for each run, with its full fine-tuning equivalent dashed."""
+    title = "Cumulative training FLOPs"
+    series = _run_series(runs)
+    fig = _figure(title, height=440)
+    for i, (label, lines) in enumerate(series.items()):
+        train = [r for r in lines if r.get("type") == "train"]
+        if not train:
+            continue
+        color = RUN_COLORS[i % len(RUN_COLORS)]
+        steps = [_field(r, "step", "train") for r in train]
+        for key, name, dash in (("flops", "measured", "solid"), ("flops_full", "full fine-tuning equivalent", "dash")):
+            ys = [_number(r, key, "train line") for r in train]
+            fig.add_trace(
+                go.Scatter(
+                    x=steps,
+                    y=ys,
+                    name=f"{label} ({name})",
+                    legendgroup=label,
+                    mode="lines",
+                    line={"color": color, "dash": dash},
+                    customdata=[format_flops(y) for y in ys],
+                    hovertemplate=f"{label} ({name})<br>step %{{x}}: %{{customdata}}<extra></extra>",
+                )
+            )
+    if not fig.data:
+        return _empty_figure("No training steps recorded yet.", title)
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text="cumulative FLOPs", tickformat="~s")
+    return fig
+
+
+class _RunPoint(NamedTuple):
+    scheme: str
+    label: str
+    flops: float
+    savings: float | None
+    rouge_l: float
+
+
+def pareto(summaries: Sequence[Mapping[str, Any]], x: str = "flops") -> go.Figure:
+    """ROUGE-L against training FLOPs (`x="flops"`) or FLOPs saved (`x="savings"`), one point per run.
+
+    Points are coloured by scheme and labelled by run; runs without a ROUGE-L score (or, for "savings", without a
+    FLOPs ratio) are left out. The dashed line joins the runs no other run beats on both axes.
+    """
+    if x not in ("flops", "savings"):
+        raise ValueError(f"x={x!r} must be 'flops' or 'savings'")
+    title = "ROUGE-L against training FLOPs" if x == "flops" else "ROUGE-L against FLOPs saved"
+    points = []
+    for s in summaries:
+        rouge, savings = _rouge(s, "rougeL"), _savings(s)
+        if rouge is None or (x == "savings" and savings is None):
+            continue
+        flops = _number(s, "flops_total", "summary")
+        points.append(_RunPoint(str(_field(s, "scheme", "summary")), _run_label(s), flops, savings, rouge))
+    if not points:
+        return _empty_figure("No run with a ROUGE-L score yet.", title)
+
+    fig = _figure(title, height=480)
+    schemes = list(dict.fromkeys(p.scheme for p in points))
+    for i, scheme in enumerate(schemes):
+        mine = [p for p in points if p.scheme == scheme]
+        fig.add_trace(
+            go.Scatter(
+                x=[p.flops if x == "flops" else p.savings for p in mine],
+                y=[p.rouge_l for p in mine],
+                name=scheme,
+                mode="markers+text",
+                text=[p.label for p in mine],
+                textposition="top center",
+                marker={"size": 11, "color": RUN_COLORS[i % len(RUN_COLORS)]},
+                customdata=[[format_flops(p.flops), "n/a" if p.savings is None else f"{p.savings:.1f}%"] for p in mine],
+                hovertemplate="%{text}<br>%{customdata[0]} (%{customdata[1]} saved)<br>ROUGE-L %{y:.1f}<extra></extra>",
+            )
+        )
+    # Lower FLOPs or higher savings is better: the front is computed on the cost the x axis shows.
+    front = _pareto_front([(p.flops if x == "flops" else -p.savings, p.rouge_l) for p in points])
+    fig.add_trace(
+        go.Scatter(
+            x=[cost if x == "flops" else -cost for cost, _ in front],
+            y=[score for _, score in front],
+            name="Pareto front",
+            mode="lines",
+            line={"dash": "dash", "color": "#7f7f7f"},
+            hoverinfo="skip",
+        )
+    )
+    if x == "flops":
+        fig.update_xaxes(title_text="training FLOPs (measured, incl. selection)", tickformat="~s")
+    else:
+        fig.update_xaxes(title_text="FLOPs saved vs full fine-tuning (%)")
+    fig.update_yaxes(title_text="ROUGE-L")
+    return fig
+
+
+def _run_series(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Each run's metrics lines sorted by step (lines of other types are kept; callers filter by type)."""
+    if not isinstance(runs, Mapping):
+        raise ValueError(f"runs must map a run label to its metrics lines, got {type(runs).__name__}")
+    series = {}
+    for label, lines in runs.items():
+        for line in lines:
+            _field(line, "type", f"metrics line of run {label!r}")
+        series[str(label)] = sorted(lines, key=lambda r: (r.get("step", 0), r["type"] != "train"))
+    return series
+
+
+def _pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(cost, score) points that no other point beats (no higher cost and a higher score), by increasing cost."""
+    front: list[tuple[float, float]] = []
+    for cost, score in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or score > front[-1][1]:
+            front.append((cost, score))
+    return front

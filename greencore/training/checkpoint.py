@@ -1,0 +1,116 @@
+"""Checkpoints of a run and the random-number state that makes resuming exact.
+
+A checkpoint (`records.RunWriter.save_checkpoint`, written atomically) holds the weights, the optimizer moments of
+the tensors that have them, and `state.json`: where the loop stood, the trainable set, the schedule, the FLOPs
+account and every RNG. Under DDP rank 0 writes one checkpoint holding every rank's counters and RNG, after checking
+that the ranks' weights are bit-identical; resuming needs the same number of processes.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ..records import checkpoints, load_checkpoint
+from ..trainable import set_trainable
+from . import distributed
+
+from .setup import TrainingError
+
+if TYPE_CHECKING:
+    from .setup import RunState
+
+__all__ = ["Position", "restore", "save", "seed_everything"]
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where the loop stands: the epoch, the batch index within it, and optimizer steps taken so far."""
+
+    epoch: int = 0
+    index: int = 0
+    step: int = 0
+
+
+def save(s: "RunState", name: str, at: Position) -> dict:
+    """Write checkpoint `name` of the run at `at` (a collective under DDP) and return its event."""
+    params = dict(s.model.named_parameters())
+    tensors = {f"{pname}::{field}": torch.as_tensor(value).detach().cpu()
+               for pname in s.profile.names for field, value in s.optimizer.state.get(params[pname], {}).items()}
+    state = {"global_step": at.step, "epoch": at.epoch, "index": at.index, "trainable": s.trainable,
+             "selection_index": s.selection_index, "trainable_params": s.trainable_params,
+             "scheduler": s.scheduler.state_dict(), "rng": _rng_state(), **s.account.state_dict()}
+    if s.dist.enabled:  # every rank's counters and RNG go into rank 0's checkpoint; the weights must be identical
+        fingerprints = distributed.all_gather_object(distributed.weights_fingerprint(s.model), s.dist)
+        if len(set(fingerprints)) > 1:
+            raise TrainingError(f"the ranks' weights diverged by step {at.step} (fingerprints {fingerprints}); this "
+                                "is a bug: report it with the command line")
+        own = {"counters": state["counters"], "rng": state["rng"], "measured": state["measured"]}
+        state.update(world_size=s.dist.world_size, weights_fingerprint=fingerprints[0],
+                     ranks=distributed.all_gather_object(own, s.dist))
+    path = distributed.on_main(
+        lambda: s.writer.save_checkpoint(name, s.model, tensors, state, s.config.keep_checkpoints), s.dist)
+    return {"type": "checkpoint", "step": at.step, "path": str(path)}
+
+
+def restore(s: "RunState", out: Path) -> Position:
+    """Load the latest checkpoint of the run in `out` into `s` and drop records written after it."""
+    loaded: dict = {}
+
+    def load() -> dict:
+        latest = checkpoints(out)[-1]
+        loaded["tensors"], state = load_checkpoint(latest, s.model)
+        trained_on = state.get("world_size", 1)
+        if trained_on != s.dist.world_size:
+            raise ValueError(f"{latest} was written by a run on {trained_on} process(es); resume it on "
+                             f"{trained_on} (now {s.dist.world_size}): exact resume needs every rank's state")
+        return state
+
+    state = distributed.on_main(load, s.dist)
+    tensors = distributed.broadcast_tensors(loaded.get("tensors"), s.dist)
+    distributed.broadcast_module(s.model, s.dist)  # rank 0 read the weights
+    if s.dist.enabled:
+        state = {**state, **state["ranks"][s.dist.rank]}
+    params = dict(s.model.named_parameters())
+    s.trainable = state["trainable"]
+    set_trainable(s.model, s.trainable, s.optimizer, candidates=s.profile.names)
+    for key, value in tensors.items():
+        pname, field = key.split("::")
+        s.optimizer.state[params[pname]][field] = value.to(params[pname].device)
+    s.scheduler.load_state_dict(state["scheduler"])
+    for group, lr in zip(s.optimizer.param_groups, s.scheduler.get_last_lr()):
+        group["lr"] = lr  # the scheduler's state does not carry the learning rate it last set
+    s.selection_index = state["selection_index"]
+    s.trainable_params = state["trainable_params"]
+    s.account.load_state_dict(state)
+    _set_rng_state(state["rng"])
+    s.writer.truncate_after(state["global_step"])
+    return Position(state["epoch"], state["index"], state["global_step"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state().tolist()}
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    state["numpy"] = [state["numpy"][0], state["numpy"][1].tolist(), *state["numpy"][2:]]
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state((state["numpy"][0], np.array(state["numpy"][1], dtype=np.uint32), *state["numpy"][2:]))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])

@@ -1,0 +1,163 @@
+"""The training loop: set up, (re-)select, step, evaluate, checkpoint, summarise, top to bottom.
+
+Use it as `train(config, out)`, or iterate `Run(config, out).events()` to follow a run as it happens (the app and
+the notebooks do), and call `Run.stop()` from another thread to end it cleanly with a checkpoint.
+
+Under `torchrun` / `accelerate launch` (WORLD_SIZE > 1) every process runs the same loop; the only differences are
+inside the helpers it calls (see `training.distributed`): `batch_size` stays the global batch, split across the
+ranks; every rank trains the same tensors; rank 0 alone writes the run directory; FLOPs are counted per rank and
+summed. Every rank's `train` returns the same summary.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+from typing import Iterator
+
+from ..records import DoneEvent, RunWriter, Summary, checkpoints
+from . import checkpoint, distributed
+from .checkpoint import Position
+from .config import TrainConfig
+from .evaluation import final_evaluation, validate
+from .setup import RunState, setup
+from .step import reselect, train_step
+from .summary import PeakMemory, write_summary
+
+__all__ = ["Run", "train"]
+
+
+def train(config: TrainConfig, out: str | Path, *, overwrite: bool = False) -> Summary:
+    """Run to the end and return the summary (also written to `out/summary.json`)."""
+    run = Run(config, out, overwrite=overwrite)
+    for _ in run.events():
+        pass
+    return run.summary
+
+
+class Run:
+    """One training run writing to its directory; iterate `events()` to drive it.
+
+    `Run.resume(out)` continues an interrupted run from its latest checkpoint; under the same seed the result is
+    the same as that of an uninterrupted run. While `events()` runs, `state` holds the live `RunState` (model,
+    data, optimizer, profile); it is released when the run ends.
+    """
+
+    def __init__(self, config: TrainConfig, out: str | Path, *, overwrite: bool = False, _resume: bool = False):
+        self.config = config
+        self.out = Path(out)
+        self.summary: Summary = {}
+        self.status = "created"
+        self.state: RunState | None = None
+        self.dist = distributed.setup()
+        self._stop = threading.Event()
+        self._stop_reason = "stopped"
+        self._resume = _resume
+        if not _resume:
+            distributed.on_main(lambda: _claim_directory(self.out, overwrite), self.dist)
+
+    @classmethod
+    def resume(cls, out: str | Path) -> "Run":
+        """A run that continues the interrupted run in `out` from its latest checkpoint."""
+        out = Path(out)
+
+        def read() -> dict:
+            record = out / "config.json"
+            if not record.exists():
+                raise ValueError(f"cannot resume {out}: it holds no run (no config.json)")
+            if not checkpoints(out):
+                raise ValueError(f"cannot resume {out}: it has no checkpoint yet; start it again with --overwrite")
+            return json.loads(record.read_text())
+
+        return cls(TrainConfig.from_dict(distributed.on_main(read, distributed.setup())), out, _resume=True)
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Ask the run to stop after the current step; it writes a checkpoint and a summary marked `reason`
+        ("stopped", or "interrupted" for Ctrl-C). Safe to call from another thread or a signal handler."""
+        self._stop_reason = reason
+        self._stop.set()
+
+    def events(self) -> Iterator[dict]:
+        """Train, yielding each event (train step, eval, selection, checkpoint, done) as it is recorded."""
+        self.status = "running"
+        try:
+            yield from self._loop()
+        except BaseException:
+            if self.status == "running":
+                self.status = "failed"
+            raise
+        finally:
+            self.state = None  # a finished run's model is not kept alive by its handle
+
+    def _loop(self) -> Iterator[dict]:
+        c = self.config
+        checkpoint.seed_everything(c.seed)
+        s = self.state = setup(c, self.dist, RunWriter(self.out, enabled=self.dist.is_main))
+        if self._resume:
+            at = checkpoint.restore(s, self.out)
+        else:
+            at = Position()
+            s.writer.write_config(c.to_dict())
+            s.writer.write_profile(s.profile)
+        step = at.step
+        s.memory = PeakMemory(s.device)
+        with s.memory:
+            for epoch in range(at.epoch, c.epochs):
+                for index, (batch, share) in enumerate(s.data.epoch(epoch)):
+                    if epoch == at.epoch and index < at.index:
+                        continue  # resumed mid-epoch: these batches were trained before the checkpoint
+                    if self._selection_due(epoch, index, step):
+                        yield reselect(s, epoch, step)
+                    yield train_step(s, batch, share, epoch, index, step)
+                    step += 1
+                    if self._stop_requested() or step >= s.data.total_steps:
+                        break
+                if self._stop_requested() and index + 1 < s.data.steps_per_epoch:
+                    yield checkpoint.save(s, f"step-{step}", Position(epoch, index + 1, step))
+                    yield self._finish(s, self._stop_reason, step)
+                    return
+                yield validate(s, epoch + 1, step)
+                yield checkpoint.save(s, f"epoch-{epoch + 1}", Position(epoch + 1, 0, step))
+                if self._stop_requested():
+                    yield self._finish(s, self._stop_reason, step)
+                    return
+                if step >= s.data.total_steps:
+                    break
+        scores = yield from final_evaluation(s, step)
+        yield self._finish(s, "finished", step, scores)
+
+    def _selection_due(self, epoch: int, index: int, step: int) -> bool:
+        c = self.config
+        if not c.spec.reselects:
+            return False
+        if c.interval_unit == "step":
+            return step % c.interval == 0
+        return index == 0 and epoch % c.interval == 0
+
+    def _stop_requested(self) -> bool:
+        """Whether to stop; under DDP a collective, true on every rank once any rank was asked to stop."""
+        stop = distributed.any_rank(self._stop.is_set(), self.dist)
+        if stop:  # every rank takes the reason of the lowest rank that was asked to stop
+            asked = self._stop_reason if self._stop.is_set() else None
+            self._stop_reason = next(r for r in distributed.all_gather_object(asked, self.dist) if r is not None)
+            self._stop.set()
+        return stop
+
+    def _finish(self, s: RunState, status: str, step: int, scores: dict | None = None) -> DoneEvent:
+        self.summary = write_summary(s, status, step, **(scores or {}))
+        self.status = status
+        return {"type": "done", "status": status, "step": step, "summary": self.summary}
+
+
+def _claim_directory(out: Path, overwrite: bool) -> None:
+    existing = out / "config.json"
+    if existing.exists() and not overwrite:
+        raise ValueError(f"{out} already holds a run; pass --overwrite to replace it, --resume {out} to continue it, "
+                         "or choose another --out")
+    if overwrite and out.exists():
+        if existing.exists() or not any(out.iterdir()):
+            shutil.rmtree(out)
+        else:
+            raise ValueError(f"{out} exists and is not a greencore run: refusing to delete it; choose another --out")

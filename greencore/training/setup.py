@@ -1,0 +1,189 @@
+"""Setting a run up: the data, the model as its scheme trains it, the profile, the optimizer and the schedule.
+
+`setup(config, dist, writer)` returns a `RunState`, everything the loop works on. Every scheme gets the same data,
+optimizer (AdamW over all candidate tensors; frozen ones simply get no gradient), linear schedule and evaluation.
+Under DDP every rank builds the same global batches and trains on its shard of each (`RunData.epoch`).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+
+from ..data import batches, collate, encode_examples, load_summarization, pad_batch
+from ..models import load_model
+from ..profile import TensorProfile, profile_model
+from ..records import RunWriter
+from ..schemes import Scheme
+from ..trainable import set_trainable
+from . import distributed
+from .accounting import FlopsAccount, cost_key
+from .config import TrainConfig
+
+__all__ = ["PAD_MULTIPLE", "RunData", "RunState", "TrainingError", "setup"]
+
+PAD_MULTIPLE = 16  # batches are padded to a multiple of this, so few distinct shapes need measuring
+PROFILE_CANDIDATES = 256  # batches of the first epoch among which the profiling batch's shape is chosen
+
+
+class TrainingError(ValueError):
+    """A run could not go on (for example its loss became NaN); the message says what to change."""
+
+
+@dataclass
+class RunData:
+    """A run's encoded splits and its batches: global batches in a seeded order, this rank's shard of each."""
+
+    tokenizer: Any
+    train_rows: list[dict]
+    val_rows: list[dict]
+    eval_data: dict[str, Any]  # the validation and test splits as text, for generation
+    truncated: int
+    is_encoder_decoder: bool
+    batch_size: int
+    seed: int
+    total_steps: int
+    dist: distributed.DistInfo
+    device: torch.device
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_rows) // self.batch_size
+
+    def epoch(self, epoch: int) -> Iterator[tuple[dict, float]]:
+        """The epoch's batches: this rank's shard, padded and on the device, with its share of the label tokens."""
+        return self._shards(distributed.batch_indices(len(self.train_rows), self.batch_size,
+                                                      seed=self.seed * 1_000_003 + epoch))
+
+    def probes(self, index: int, count: int) -> list[tuple[dict, float]]:
+        """The probe batches of selection `index` (their own seeded draw, so the data order is untouched)."""
+        groups = distributed.batch_indices(len(self.train_rows), self.batch_size, seed=self.seed * 7_919 + index + 1)
+        return list(self._shards(groups[:count]))
+
+    def profiling_batch(self, model: torch.nn.Module) -> dict:
+        """The batch the profile is made on: one of the first epoch's, of the cost key most of its batches have.
+
+        A selection's cost ratio depends on the batch's shape (on an encoder-decoder, on the summary's length), so a
+        budget set on the commonest shape holds best over the epoch. Collating batches costs no model FLOPs; the
+        first PROFILE_CANDIDATES global batches are looked at.
+        """
+        order = batches(self.tokenizer, self.train_rows, batch_size=self.batch_size, shuffle=True,
+                        seed=self.seed * 1_000_003, drop_last=True)
+        counts: collections.Counter = collections.Counter()
+        first_of_key = {}
+        for batch in itertools.islice(order, PROFILE_CANDIDATES):
+            batch = pad_batch(self.tokenizer, batch, PAD_MULTIPLE)
+            key = cost_key(model, batch)
+            counts[key] += 1
+            first_of_key.setdefault(key, batch)
+        return self.to_device(first_of_key[counts.most_common(1)[0][0]])
+
+    def to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def _shards(self, groups: list[list[int]]) -> Iterator[tuple[dict, float]]:
+        rows = self.train_rows
+        for group in groups:
+            mine = distributed.shard(group, self.dist)
+            total = sum(distributed.label_tokens(rows[i], self.is_encoder_decoder) for i in group)
+            local = sum(distributed.label_tokens(rows[i], self.is_encoder_decoder) for i in mine)
+            batch = pad_batch(self.tokenizer, collate(self.tokenizer, [rows[i] for i in mine]), PAD_MULTIPLE)
+            yield self.to_device(batch), local / max(total, 1)
+
+
+@dataclass
+class RunState:
+    """Everything a training run works on while it trains."""
+
+    config: TrainConfig
+    scheme: Scheme
+    dist: distributed.DistInfo
+    device: torch.device
+    writer: RunWriter
+    model: torch.nn.Module
+    tokenizer: Any
+    data: RunData
+    profile: TensorProfile  # of the tensors the scheme may train, made on `data.profiling_batch`
+    candidates: list[str]  # the tensors full fine-tuning trains (a peft model's base weights)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    trainable: list[str]
+    replicas: distributed.Replicas
+    account: FlopsAccount = field(default_factory=FlopsAccount)
+    selection_index: int = 0
+    trainable_params: int = 0
+    memory: Any = None  # the `summary.PeakMemory` of the training loop, once it runs
+
+
+def setup(config: TrainConfig, dist: distributed.DistInfo, writer: RunWriter) -> RunState:
+    """Load the model and data, let the scheme wrap the model, profile it, and build the optimizer and schedule."""
+    scheme = config.spec
+    device = distributed.resolve_device(config.device, dist)
+    model, tokenizer = load_model(config.model, seed=config.seed, device=device)
+    data = _load_data(config, tokenizer, bool(model.config.is_encoder_decoder), dist, device)
+    model.train()
+    probe = data.profiling_batch(model)
+    base = profile_model(model, probe)
+    candidates = list(base.names)
+    profile = base
+    if scheme.uses_peft:
+        model = scheme.wrap(model, base, config)
+        candidates = [n for n, p in model.named_parameters() if not p.requires_grad]
+        try:
+            profile = profile_model(model, probe)
+        except Exception as err:
+            raise ValueError(f"{scheme.name} does not run on {config.model}: {err}") from err
+    account = FlopsAccount()
+    if scheme.reselects:
+        account.counters.flops_selection += profile.t_fp  # the profiling forward pass is GreenTrainer's cost
+        if scheme.rho < profile.min_rho:
+            raise ValueError(f"rho={scheme.rho} is below the feasible minimum {profile.min_rho:.3f} for "
+                             f"{config.model} (the forward pass alone costs that much); choose rho >= "
+                             f"{math.ceil(profile.min_rho * 1000) / 1000:.3f}")
+    trainable = scheme.trainable(profile)
+    params = dict(model.named_parameters())
+    optimizer = torch.optim.AdamW([params[n] for n in profile.names], lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(_linear_decay,
+                                                                               total_steps=data.total_steps))
+    set_trainable(model, trainable, optimizer, candidates=profile.names)
+    distributed.broadcast_module(model, dist)  # every rank starts from rank 0's weights
+    return RunState(config=config, scheme=scheme, dist=dist, device=device, writer=writer, model=model,
+                    tokenizer=tokenizer, data=data, profile=profile, candidates=candidates, optimizer=optimizer,
+                    scheduler=scheduler, trainable=trainable, account=account,
+                    replicas=distributed.Replicas(model, profile.names, device, dist, lambda: account.counters))
+
+
+def _load_data(c: TrainConfig, tokenizer: Any, is_enc_dec: bool, dist: distributed.DistInfo,
+               device: torch.device) -> RunData:
+    limits = {"train": c.max_train_examples, "validation": c.max_eval_examples, "test": c.max_eval_examples}
+    splits = load_summarization(c.dataset, source_field=c.source_field, target_field=c.target_field,
+                                max_examples={k: v for k, v in limits.items() if v is not None})
+    encode = dict(is_encoder_decoder=is_enc_dec, max_source_tokens=c.max_source_tokens,
+                  max_target_tokens=c.max_target_tokens)
+    train_rows, truncated = encode_examples(tokenizer, splits["train"], **encode)
+    val_rows, _ = encode_examples(tokenizer, splits["validation"], **encode)
+    if len(train_rows) < c.batch_size:
+        raise ValueError(f"the training split has {len(train_rows)} usable examples, fewer than one batch "
+                         f"of {c.batch_size}: use more data or a smaller --batch-size")
+    if not val_rows:
+        raise ValueError("the validation split is empty after encoding: use a data set with more examples")
+    if c.batch_size < dist.world_size:
+        raise ValueError(f"batch_size={c.batch_size} is the global batch, split across the "
+                         f"{dist.world_size} processes: use a batch size of at least {dist.world_size}")
+    total = len(train_rows) // c.batch_size * c.epochs
+    return RunData(tokenizer=tokenizer, train_rows=train_rows, val_rows=val_rows,
+                   eval_data={split: splits[split] for split in ("validation", "test")}, truncated=truncated,
+                   is_encoder_decoder=is_enc_dec, batch_size=c.batch_size, seed=c.seed,
+                   total_steps=min(total, c.max_steps) if c.max_steps else total, dist=dist, device=device)
+
+
+def _linear_decay(step: int, *, total_steps: int) -> float:
+    """`transformers.get_linear_schedule_with_warmup(optimizer, 0, total_steps)`'s factor, without importing
+    transformers' training utilities (they import peft: seconds at the start of every process)."""
+    return max(0.0, float(total_steps - step) / float(max(1, total_steps)))

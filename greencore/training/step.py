@@ -1,0 +1,118 @@
+"""One training step and one re-selection, the same code for one process and for N data-parallel ranks.
+
+In one process a batch's `share` is 1 and every collective returns its input; under DDP each rank runs its shard of
+the global batch, its mean loss scaled by `share * world_size` (`share`: the shard's part of the batch's label
+tokens), so DDP's average of the ranks' gradients is the gradient of the global batch's mean loss.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from ..flops import flop_counter, model_loss
+from ..importance import tensor_importance
+from ..records import SelectionRow, TrainRow, checkpoints
+from ..select import select_tensors
+from ..trainable import set_trainable
+from . import distributed
+from .accounting import cost_key
+from .setup import RunState, TrainingError
+
+__all__ = ["reselect", "train_step"]
+
+
+def train_step(s: RunState, batch: dict, share: float, epoch: int, index: int, step: int) -> TrainRow:
+    """Forward, backward and update on this rank's shard of one global batch; record and return the step's row."""
+    s.model.train()
+    key = cost_key(s.model, batch)
+    started = time.perf_counter()
+    with s.account.measure_step(s.trainable, key) as phase:
+        with phase("forward"):
+            loss = model_loss(s.replicas(), batch)
+        with phase("backward"):
+            if loss.requires_grad:  # a selection that trains nothing makes the step the forward pass alone
+                (loss * (share * s.dist.world_size)).backward()
+    seconds = time.perf_counter() - started
+    s.account.add_full_equivalent(s.model, batch, key, s.candidates)
+    counters = s.account.counters
+    started = time.perf_counter()
+    global_loss, flops, flops_full = distributed.all_reduce_sum(
+        [loss.item() * share, counters.flops_total, counters.flops_full], s.dist)
+    if not math.isfinite(global_loss):
+        _fail(s, global_loss, epoch, step)
+    lr = _update(s)
+    counters.train_seconds += seconds + time.perf_counter() - started
+    s.trainable_params = max(s.trainable_params, _count_params(s.model, s.trainable))
+    row: TrainRow = {"type": "train", "step": step + 1, "epoch": epoch + (index + 1) / s.data.steps_per_epoch,
+                     "loss": global_loss, "lr": lr, "flops": flops, "flops_full": flops_full,
+                     "time": counters.seconds, "total_steps": s.data.total_steps}
+    s.writer.append("metrics", row)
+    return row
+
+
+def reselect(s: RunState, epoch: int, step: int) -> SelectionRow:
+    """Score every candidate on fresh probe batches, choose the best set under rho and train exactly it from now.
+
+    Under DDP each rank probes its shard of the same global probe batches and the gradients are summed over the
+    ranks (weighted by label tokens) before scoring; rank 0's selection is then broadcast, so every rank trains the
+    same tensors by construction.
+    """
+    c = s.config
+    started = time.perf_counter()
+    metric = s.scheme.importance_metric(c.metric)
+    probes = s.data.probes(s.selection_index, c.probe_batches)
+    with flop_counter() as counter:
+        importance = tensor_importance(s.model, [b for b, _ in probes], s.optimizer, metric, profile=s.profile,
+                                       seed=c.seed + s.selection_index, weights=[w for _, w in probes],
+                                       reduce=distributed.gradient_reduce(s.dist))
+    selection, importance = distributed.broadcast_object(
+        (select_tensors(s.profile, importance, s.scheme.rho), importance), s.dist)
+    set_trainable(s.model, selection.trainable, s.optimizer, candidates=s.profile.names)
+    s.trainable = selection.trainable
+    seconds = time.perf_counter() - started
+    s.account.counters.flops_selection += counter.get_total_flops()
+    s.account.counters.selection_seconds += seconds
+    overhead = distributed.all_gather_object(counter.get_total_flops(), s.dist)
+    row: SelectionRow = {
+        "type": "selection", "index": s.selection_index, "step": step, "epoch": epoch, "rho": s.scheme.rho,
+        "metric": metric, "profile": "profile.json", "names": s.profile.names, "mask": selection.mask.tolist(),
+        "importance": [float(x) for x in importance], "predicted_ratio": selection.predicted_ratio,
+        "objective": selection.objective, "trainable_tensors": len(selection.trainable),
+        "flops_overhead": sum(overhead), "seconds": seconds}
+    if s.dist.enabled:
+        row["flops_overhead_per_rank"] = overhead
+    s.writer.append("selections", row)
+    s.selection_index += 1
+    return row
+
+
+def _update(s: RunState) -> float:
+    """Clip, step the optimizer and the schedule, drop the gradients; returns the learning rate used."""
+    params = [p for p in s.optimizer.param_groups[0]["params"] if p.grad is not None]
+    if s.config.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(params, s.config.max_grad_norm)
+    lr = s.scheduler.get_last_lr()[0]
+    s.optimizer.step()
+    s.scheduler.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    return lr
+
+
+def _fail(s: RunState, loss: float, epoch: int, step: int) -> None:
+    """Record the run as failed (every rank agrees) and raise, naming the last good checkpoint."""
+    from .summary import write_summary
+
+    last = checkpoints(s.writer.root) if s.dist.is_main else []
+    kept = distributed.broadcast_object(
+        f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet", s.dist)
+    write_summary(s, "failed", step, error=f"loss became {loss} at step {step + 1}")
+    raise TrainingError(f"the loss became {loss} at step {step + 1} (epoch {epoch + 1}); {kept}. "
+                        f"Lower the learning rate (now {s.config.lr}) and start again")
+
+
+def _count_params(model: torch.nn.Module, names: list[str]) -> int:
+    params = dict(model.named_parameters())
+    return sum(params[n].numel() for n in names)

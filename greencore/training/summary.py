@@ -1,0 +1,114 @@
+"""The run summary (`summary.json`): totals over the run and over the ranks, written at the end, on a stop or a
+failure. Its fields are `records.Summary`; this module computes them.
+
+FLOPs are summed over the ranks (`flops_total` is what all processes spent; `flops_per_rank` and
+`flops_ratio_per_rank` break it down); times and peak memory are the largest of any rank.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import torch
+
+from ..records import Summary, read_jsonl
+from . import distributed
+from .setup import RunState
+
+__all__ = ["PeakMemory", "write_summary"]
+
+
+def write_summary(s: RunState, status: str, step: int, **extra: Any) -> Summary:
+    """Write the summary (rank 0) and return it on every rank; under DDP a collective."""
+    counters = s.account.counters
+    memory = getattr(s, "memory", None)
+    mine = {"flops_training": counters.flops_training, "flops_selection": counters.flops_selection,
+            "flops_full": counters.flops_full, "wall_seconds": counters.seconds,
+            "selection_seconds": counters.selection_seconds, "eval_seconds": counters.eval_seconds,
+            "peak_memory_bytes": memory.peak if memory is not None else None,
+            "ddp_wraps": counters.ddp_wraps, "ddp_wrap_seconds": counters.ddp_wrap_seconds}
+    ranks = distributed.all_gather_object(mine, s.dist)
+    return distributed.on_main(lambda: _write(s, status, step, ranks, extra), s.dist)
+
+
+def _write(s: RunState, status: str, step: int, ranks: list[dict], extra: dict) -> Summary:
+    c, dist = s.config, s.dist
+    evals = [r for r in read_jsonl(s.writer.root / "metrics.jsonl")
+             if r["type"] == "eval" and r["split"] == "validation" and "loss" in r]
+    per_rank = [r["flops_training"] + r["flops_selection"] for r in ranks]
+    training = sum(r["flops_training"] for r in ranks)
+    selection = sum(r["flops_selection"] for r in ranks)
+    full = sum(r["flops_full"] for r in ranks)
+    total = training + selection
+    peaks = [r["peak_memory_bytes"] for r in ranks if r["peak_memory_bytes"] is not None]
+    summary: Summary = {
+        "label": c.name, "scheme": s.scheme.name, "rho": s.scheme.rho, "k": s.scheme.k,
+        "model": c.model, "dataset": c.dataset, "status": status, "steps": step,
+        "flops_total": total, "flops_training": training, "flops_selection": selection,
+        "flops_full_equivalent": full,
+        "flops_ratio": total / full if full else None,
+        "flops_ratio_training": training / full if full else None,
+        "rouge1": None, "rouge2": None, "rougeL": None, "rougeLsum": None,
+        "val_loss": evals[-1]["loss"] if evals else None,
+        "wall_seconds": max(r["wall_seconds"] for r in ranks),
+        "selection_seconds": max(r["selection_seconds"] for r in ranks),
+        "eval_seconds": max(r["eval_seconds"] for r in ranks),
+        "peak_memory_bytes": max(peaks) if peaks else None,
+        "trainable_params": s.trainable_params,
+        "total_params": sum(p.numel() for p in s.model.parameters()),
+        "train_examples": len(s.data.train_rows), "truncated_sources": s.data.truncated,
+        "selections": s.selection_index,
+        "world_size": dist.world_size, "flops_per_rank": per_rank,
+        "flops_ratio_per_rank": [f / r["flops_full"] if r["flops_full"] else None for f, r in zip(per_rank, ranks)],
+        **extra,
+    }
+    if dist.enabled:
+        summary["distributed"] = {
+            "backend": dist.backend, "world_size": dist.world_size, "global_batch": c.batch_size,
+            "rank_batches": [len(range(r, c.batch_size, dist.world_size)) for r in range(dist.world_size)],
+            "flops_training_per_rank": [r["flops_training"] for r in ranks],
+            "flops_selection_per_rank": [r["flops_selection"] for r in ranks],
+            "flops_full_per_rank": [r["flops_full"] for r in ranks],
+            "wall_seconds_per_rank": [r["wall_seconds"] for r in ranks],
+            "peak_memory_bytes_per_rank": [r["peak_memory_bytes"] for r in ranks],
+            "ddp": "re-wrapped when the trainable set changes (find_unused_parameters=False)",
+            "ddp_wraps": ranks[0]["ddp_wraps"],
+            "ddp_wrap_seconds": max(r["ddp_wrap_seconds"] or 0.0 for r in ranks),
+        }
+    s.writer.write_summary(summary)
+    return summary
+
+
+class PeakMemory:
+    """Peak memory while training: CUDA's allocator peak, or on a CPU the peak resident set above the start."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak: int | None = None
+        self._done = threading.Event()
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        import psutil
+
+        process = psutil.Process()
+        base = process.memory_info().rss
+        self.peak = 0
+
+        def sample() -> None:
+            while not self._done.wait(0.05):
+                self.peak = max(self.peak, process.memory_info().rss - base)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.peak = int(torch.cuda.max_memory_allocated(self.device))
+        else:
+            self._done.set()
+            self._thread.join()
