@@ -1,0 +1,33 @@
+# Two commands on a fresh machine, each setting itself up first:
+#   make app    set up .venv (once), then launch the app on the offline default (http://127.0.0.1:7860)
+#   make test   set up .venv (once), then run the test suite (what CI runs)
+# The set-up runs again only when pyproject.toml or this file changed since the last one (the stamp below).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.greencore-installed
+# torch goes first, pinned: a bare `torch` requirement with no torch installed would pull a multi-GB CUDA build
+TORCH := torch==2.13.0
+
+.PHONY: app test setup notebooks bench-quick
+
+app: $(STAMP)
+	$(BIN)/greencore app
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+setup: $(STAMP)
+
+notebooks: $(STAMP)
+	$(BIN)/python notebooks/execute.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python bench/run_all
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
