@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     hf_logging.set_verbosity_error()
     try:
         return _COMMANDS[args.command](args)
-    except ValueError as err:
+    except (ValueError, OSError) as err:  # bad input, or a path that cannot be read or written
         print("greencore: error: " + " ".join(str(err).split()), file=sys.stderr)
         return 2
 
@@ -213,7 +213,12 @@ def _compare(args) -> int:
     schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]
     if not schemes:
         raise ValueError("--schemes is empty: list schemes like full,green:0.5,lora")
-    runs = [Run(_config(args, s), args.out / s.replace(":", "-"), overwrite=args.overwrite) for s in schemes]
+    configs = [_config(args, s) for s in schemes]
+    labels = [c.scheme for c in configs]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise ValueError(f"--schemes lists {', '.join(twice)} more than once: each scheme's run needs its own folder")
+    runs = [Run(c, args.out / c.scheme.replace(":", "-"), overwrite=args.overwrite) for c in configs]
     summaries = []
     for run in runs:
         summaries.append(_drive(run, run.config.name))

@@ -67,11 +67,19 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        target = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise ValueError(
             f"invalid device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or another torch device string"
         ) from err
+    if target.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r}: this machine (or this torch build) has no CUDA device; use "
+                             "--device cpu, or auto to take a GPU where there is one")
+        if target.index is not None and target.index >= count:
+            raise ValueError(f"device {device!r}: only {count} CUDA device(s) are visible (cuda:0 to cuda:{count - 1})")
+    return target
 
 
 def load_model(

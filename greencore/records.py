@@ -1,6 +1,7 @@
 """Run directories: what a training run leaves on disk, written so that nothing is ever half-written.
 
     run/
+      .greencore-run     the marker: only a folder that holds it is ever deleted (by --overwrite)
       config.json        the TrainConfig
       profile.json       the TensorProfile the run selected with (`TensorProfile.to_dict`); selections refer to it
       metrics.jsonl      one `TrainRow` per step and one `EvalRow` per evaluation, appended and flushed as they happen
@@ -30,10 +31,45 @@ from safetensors.torch import load_file, save_file
 if TYPE_CHECKING:
     from .profile import TensorProfile
 
-__all__ = ["DoneEvent", "EvalRow", "PROFILE_FILE", "RunRecord", "RunWriter", "SelectionRow", "Summary", "TrainRow",
-           "list_runs", "load_run", "write_json_atomic"]
+__all__ = ["DoneEvent", "EvalRow", "PROFILE_FILE", "RUN_MARKER", "RunRecord", "RunWriter", "SelectionRow", "Summary",
+           "TrainRow", "check_run_directory", "is_run_directory", "list_runs", "load_run", "remove_run",
+           "write_json_atomic"]
 
 PROFILE_FILE = "profile.json"
+RUN_MARKER = ".greencore-run"
+
+
+def is_run_directory(path: str | os.PathLike) -> bool:
+    """Whether greencore wrote a run into `path` (it holds the run marker)."""
+    return (Path(path) / RUN_MARKER).is_file()
+
+
+def check_run_directory(out: str | os.PathLike, *, overwrite: bool) -> None:
+    """Refuse, with a message that says what to do, an `out` a new run may not use; touches nothing.
+
+    A run goes only into a new folder, an empty one, or (with `overwrite`) one that holds a greencore run.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder: choose a folder for the run")
+    if out.is_dir():
+        if is_run_directory(out):
+            if not overwrite:
+                raise ValueError(f"{out} already holds a run; pass --overwrite to replace it, --resume {out} to "
+                                 "continue it, or choose another --out")
+        elif any(out.iterdir()):
+            raise ValueError(f"{out} is not empty and holds no greencore run: greencore writes a run only into a new "
+                             "or empty folder and never deletes files it did not write; choose another --out")
+        return
+    parent = next(p for p in out.absolute().parents if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot create --out {out}: {parent} is not a folder this user can write to")
+
+
+def remove_run(out: str | os.PathLike) -> None:
+    """Delete the run in `out`, and only if it is one (`is_run_directory`)."""
+    if is_run_directory(out):
+        shutil.rmtree(out)
 
 
 class TrainRow(TypedDict):
@@ -170,11 +206,11 @@ class RunWriter:
     def __init__(self, root: str | os.PathLike, *, enabled: bool = True) -> None:
         self.root = Path(root)
         self.enabled = enabled
-        if enabled:
-            self.root.mkdir(parents=True, exist_ok=True)
 
     def write_config(self, config: dict) -> None:
+        """Start the run directory: the marker first, then the config (both atomic)."""
         if self.enabled:
+            write_json_atomic(self.root / RUN_MARKER, {"greencore": "a run directory; --overwrite may delete it"})
             write_json_atomic(self.root / "config.json", config)
 
     def write_profile(self, profile: "TensorProfile") -> None:

@@ -62,6 +62,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         from ..importance import IMPORTANCE_METRICS  # here, not at the top: the CLI's --help needs no torch
+        from ..models import resolve_device
 
         spec = parse_scheme(self.scheme, rho=self.rho, k=self.k)
         self.scheme, self.rho, self.k = spec.label, spec.rho, spec.k
@@ -84,6 +85,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        resolve_device(self.device)  # a device this machine does not have fails now, not after loading the model
 
     @property
     def spec(self) -> Scheme:

@@ -12,12 +12,11 @@ summed. Every rank's `train` returns the same summary.
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 from pathlib import Path
 from typing import Iterator
 
-from ..records import DoneEvent, RunWriter, Summary, checkpoints
+from ..records import DoneEvent, RunWriter, Summary, check_run_directory, checkpoints, remove_run
 from . import checkpoint, distributed
 from .checkpoint import Position
 from .config import TrainConfig
@@ -55,8 +54,9 @@ class Run:
         self._stop = threading.Event()
         self._stop_reason = "stopped"
         self._resume = _resume
+        self._overwrite = overwrite
         if not _resume:
-            distributed.on_main(lambda: _claim_directory(self.out, overwrite), self.dist)
+            distributed.on_main(lambda: check_run_directory(self.out, overwrite=overwrite), self.dist)
 
     @classmethod
     def resume(cls, out: str | Path) -> "Run":
@@ -97,8 +97,10 @@ class Run:
         s = self.state = setup(c, self.dist, RunWriter(self.out, enabled=self.dist.is_main))
         if self._resume:
             at = checkpoint.restore(s, self.out)
-        else:
+        else:  # the set-up succeeded: only now may an old run be replaced
             at = Position()
+            if self._overwrite:
+                distributed.on_main(lambda: remove_run(self.out), self.dist)
             s.writer.write_config(c.to_dict())
             s.writer.write_profile(s.profile)
         step = at.step
@@ -150,14 +152,3 @@ class Run:
         self.status = status
         return {"type": "done", "status": status, "step": step, "summary": self.summary}
 
-
-def _claim_directory(out: Path, overwrite: bool) -> None:
-    existing = out / "config.json"
-    if existing.exists() and not overwrite:
-        raise ValueError(f"{out} already holds a run; pass --overwrite to replace it, --resume {out} to continue it, "
-                         "or choose another --out")
-    if overwrite and out.exists():
-        if existing.exists() or not any(out.iterdir()):
-            shutil.rmtree(out)
-        else:
-            raise ValueError(f"{out} exists and is not a greencore run: refusing to delete it; choose another --out")
