@@ -352,17 +352,25 @@ def _status_row(path: str, record: RunRecord | None) -> str:
 
 
 def compare_runs(runs_dir: str | Path) -> tuple[str, pd.DataFrame, Any]:
-    """Every run with a summary under `runs_dir` (app and CLI runs alike): a table and ROUGE-L against FLOPs."""
+    """Every run with a summary under `runs_dir` (app and CLI runs alike): a table and ROUGE-L against FLOPs.
+
+    A damaged run is listed with its folder and what is wrong, after the others, and hides none of them."""
     runs_dir = Path(runs_dir)
     try:
-        records = [rec for rec in list_runs(runs_dir) if rec.summary is not None]
+        found = list_runs(runs_dir)
+        records = [rec for rec in found if rec.damaged is None and rec.summary is not None]
+        damaged = [rec for rec in found if rec.damaged is not None]
         summaries = [rec.summary for rec in records]
         rows = [
             {**row, "status": rec.summary.get("status", ""), "directory": str(rec.path.relative_to(runs_dir))}
             for row, rec in zip(plots.comparison_rows(summaries), records)
         ]
+        rows += [{"run": rec.path.name, "status": f"damaged: {rec.damaged}",
+                  "directory": str(rec.path.relative_to(runs_dir))} for rec in damaged]
         figure = plots.pareto(summaries)
     except Exception as err:
         return _problem(err), pd.DataFrame(columns=COMPARE_COLUMNS), None
-    found = f"{len(rows)} run(s) with a summary" if rows else "No finished runs"
-    return f"{found} under `{runs_dir}`.", pd.DataFrame(rows, columns=COMPARE_COLUMNS), figure
+    message = f"{len(records)} run(s) with a summary" if records else "No finished runs"
+    if damaged:
+        message += f", {len(damaged)} damaged (see their status)"
+    return f"{message} under `{runs_dir}`.", pd.DataFrame(rows, columns=COMPARE_COLUMNS), figure

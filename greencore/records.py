@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
@@ -187,16 +188,31 @@ def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """The complete lines of a .jsonl file (a line still being written is skipped)."""
+    """The complete lines of a .jsonl file. A line still being written (no newline yet) is skipped; so is an
+    unreadable last line (a write cut off by a kill), with a warning; an unreadable line before it is a ValueError
+    naming the file and the line."""
     path = Path(path)
     if not path.exists():
         return []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [line for line in f if line.endswith("\n")]
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.endswith("\n"):
-                rows.append(json.loads(line))
+    for number, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number < len(lines):
+                raise ValueError(f"{path} line {number} is not JSON ({err.msg}): the file is damaged") from None
+            warnings.warn(f"{path}: skipped its last line, which is not JSON (a write cut off?)", stacklevel=2)
     return rows
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file's content, or a ValueError that names the file and says what is wrong with it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is damaged: not readable JSON ({err})") from None
 
 
 class RunWriter:
@@ -312,6 +328,7 @@ class RunRecord:
     metrics: list[TrainRow | EvalRow] = field(default_factory=list)
     selections: list[SelectionRow] = field(default_factory=list)
     summary: Summary | None = None
+    damaged: str | None = None  # what is wrong with a run `list_runs` could not read
 
     @property
     def label(self) -> str:
@@ -350,18 +367,30 @@ def load_run(path: str | os.PathLike) -> RunRecord:
     if not config_path.exists():
         raise ValueError(f"{path} is not a greencore run directory (no config.json)")
     summary_path = path / "summary.json"
+    config = _read_json(config_path)
+    if not isinstance(config, dict) or "scheme" not in config:
+        raise ValueError(f"{config_path} is damaged: it holds no run configuration")
     return RunRecord(
         path=path,
-        config=json.loads(config_path.read_text()),
+        config=config,
         metrics=read_jsonl(path / "metrics.jsonl"),
         selections=read_jsonl(path / "selections.jsonl"),
-        summary=json.loads(summary_path.read_text()) if summary_path.exists() else None,
+        summary=_read_json(summary_path) if summary_path.exists() else None,
     )
 
 
 def list_runs(root: str | os.PathLike) -> list[RunRecord]:
-    """Every run directory at or below `root` (for example a `greencore compare` output folder)."""
+    """Every run directory at or below `root` (for example a `greencore compare` output folder). A damaged run is
+    listed too, with no rows and `damaged` saying which file is wrong, so one bad run hides no other."""
     root = Path(root)
     if not root.exists():
         return []
-    return [load_run(p.parent) for p in sorted(root.rglob("config.json")) if "checkpoints" not in p.parts]
+    records = []
+    for p in sorted(root.rglob("config.json")):
+        if "checkpoints" in p.parts:
+            continue
+        try:
+            records.append(load_run(p.parent))
+        except ValueError as err:
+            records.append(RunRecord(path=p.parent, config={}, damaged=str(err)))
+    return records

@@ -83,3 +83,34 @@ def test_cuda_without_cuda_fails_at_once(capsys):
         load_model("tiny-opt", device="cuda:0")
     assert main(["train", "--model", "tiny-opt", "--device", "cuda", "--out", "x"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_one_damaged_run_hides_no_other(tmp_path):
+    """A truncated summary, an empty config or a garbage line in the middle: that run is listed as damaged, with
+    the file named; a garbage *last* line (a write cut off by a kill) is skipped with a warning."""
+    from greencore.records import list_runs, load_run
+    from greencore_app import handlers
+
+    for name in ("good", "summary", "config", "middle", "last"):
+        train(tiny(), tmp_path / name)
+    summary = tmp_path / "summary" / "summary.json"
+    summary.write_text(summary.read_text()[:40])
+    (tmp_path / "config" / "config.json").write_text("")
+    metrics = tmp_path / "middle" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines(keepends=True)
+    metrics.write_text(lines[0] + "garbage\n" + "".join(lines[1:]))
+    (tmp_path / "last" / "metrics.jsonl").open("a").write("{\"type\": \"tr\n")
+    with pytest.warns(UserWarning, match="skipped its last line"):
+        records = {r.path.name: r for r in list_runs(tmp_path)}
+    assert records["good"].damaged is None and records["last"].damaged is None
+    good = load_run(tmp_path / "good").metrics
+    assert [(m["type"], m.get("loss")) for m in records["last"].metrics] == [(m["type"], m.get("loss")) for m in good]
+    assert "summary.json is damaged" in records["summary"].damaged
+    assert "config.json is damaged" in records["config"].damaged
+    assert "metrics.jsonl line 2 is not JSON" in records["middle"].damaged
+    with pytest.warns(UserWarning):
+        message, table, figure = handlers.compare_runs(tmp_path)
+    status = dict(zip(table["directory"], table["status"]))
+    assert status["good"] == "finished" == status["last"]
+    assert all(status[name].startswith("damaged: ") and name in status[name] for name in ("summary", "config", "middle"))
+    assert "2 run(s) with a summary, 3 damaged" in message and figure is not None
