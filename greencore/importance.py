@@ -76,9 +76,7 @@ def tensor_importance(
             t.requires_grad_(True)
         for batch, weight in zip(batches, weights):
             with torch.random.fork_rng(devices=rng_devices(tensors)):
-                loss = model_loss(model, batch)
-                if weight != 1.0:
-                    loss = loss * weight
+                loss = model_loss(model, batch) * weight  # exact for the weight 1 of a single process
                 grads = list(torch.autograd.grad(loss, tensors, allow_unused=True))
             used = [g is not None for g in grads]
             if reduce is None:

@@ -392,14 +392,14 @@ class Replicas:
     DDP all-reduces only the parameters that required grad when it was built, so a tensor unfrozen by a re-selection
     would silently stay unsynchronised under the old wrapper: the model is re-wrapped whenever the trainable set
     changes (a few collectives to check parameter shapes; no weights are sent). With a fixed trainable set the
-    wrapper is reused. `counters` (the run's `accounting.Counters`, read through a function since a resumed run
-    replaces them) count the re-wrapping in `ddp_wraps` and `ddp_wrap_seconds`.
+    wrapper is reused. The run's `account` (an `accounting.FlopsAccount`) counts the re-wrapping in its counters'
+    `ddp_wraps` and `ddp_wrap_seconds`.
     """
 
     def __init__(self, model: torch.nn.Module, candidates: Iterable[str], device: torch.device, info: DistInfo,
-                 counters: Callable[[], Any]) -> None:
+                 account: Any) -> None:
         self.model, self.candidates, self.device, self.info = model, list(candidates), device, info
-        self.counters = counters
+        self.account = account
         self._ddp: torch.nn.Module | None = None
         self._key: frozenset[str] | None = None
 
@@ -412,8 +412,8 @@ class Replicas:
             self._ddp = None  # the old wrapper's reducer and its hooks go first
             self._ddp = data_parallel(self.model, candidates=self.candidates, device=self.device)
             self._key = key
-            self.counters().ddp_wraps += 1
-            self.counters().ddp_wrap_seconds += time.perf_counter() - started
+            self.account.counters.ddp_wraps += 1
+            self.account.counters.ddp_wrap_seconds += time.perf_counter() - started
         return self._ddp if self._ddp is not None else self.model
 
 

@@ -110,7 +110,7 @@ class Run:
                 for index, (batch, share) in enumerate(s.data.epoch(epoch)):
                     if epoch == at.epoch and index < at.index:
                         continue  # resumed mid-epoch: these batches were trained before the checkpoint
-                    if self._selection_due(epoch, index, step):
+                    if self._selection_due(s, epoch, index, step):
                         yield reselect(s, epoch, step)
                     yield train_step(s, batch, share, epoch, index, step)
                     step += 1
@@ -130,9 +130,9 @@ class Run:
         scores = yield from final_evaluation(s, step)
         yield self._finish(s, "finished", step, scores)
 
-    def _selection_due(self, epoch: int, index: int, step: int) -> bool:
+    def _selection_due(self, s: RunState, epoch: int, index: int, step: int) -> bool:
         c = self.config
-        if not c.spec.reselects:
+        if not s.scheme.reselects:
             return False
         if c.interval_unit == "step":
             return step % c.interval == 0

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import collections
 import functools
-import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
 
-from ..data import batches, collate, encode_examples, load_summarization, pad_batch
+from ..data import collate, encode_examples, load_summarization, pad_batch
 from ..models import load_model
 from ..profile import TensorProfile, profile_model
 from ..records import RunWriter
@@ -58,8 +57,7 @@ class RunData:
 
     def epoch(self, epoch: int) -> Iterator[tuple[dict, float]]:
         """The epoch's batches: this rank's shard, padded and on the device, with its share of the label tokens."""
-        return self._shards(distributed.batch_indices(len(self.train_rows), self.batch_size,
-                                                      seed=self.seed * 1_000_003 + epoch))
+        return self._shards(self._global_batches(epoch))
 
     def probes(self, index: int, count: int) -> list[tuple[dict, float]]:
         """The probe batches of selection `index` (their own seeded draw, so the data order is untouched)."""
@@ -73,16 +71,18 @@ class RunData:
         budget set on the commonest shape holds best over the epoch. Collating batches costs no model FLOPs; the
         first PROFILE_CANDIDATES global batches are looked at.
         """
-        order = batches(self.tokenizer, self.train_rows, batch_size=self.batch_size, shuffle=True,
-                        seed=self.seed * 1_000_003, drop_last=True)
         counts: collections.Counter = collections.Counter()
         first_of_key = {}
-        for batch in itertools.islice(order, PROFILE_CANDIDATES):
-            batch = pad_batch(self.tokenizer, batch, PAD_MULTIPLE)
+        for group in self._global_batches(0)[:PROFILE_CANDIDATES]:
+            batch = pad_batch(self.tokenizer, collate(self.tokenizer, [self.train_rows[i] for i in group]), PAD_MULTIPLE)
             key = cost_key(model, batch)
             counts[key] += 1
             first_of_key.setdefault(key, batch)
         return self.to_device(first_of_key[counts.most_common(1)[0][0]])
+
+    def _global_batches(self, epoch: int) -> list[list[int]]:
+        """Row indices of the epoch's global batches, in the epoch's seeded order."""
+        return distributed.batch_indices(len(self.train_rows), self.batch_size, seed=self.seed * 1_000_003 + epoch)
 
     def to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device) for k, v in batch.items()}
@@ -156,7 +156,7 @@ def setup(config: TrainConfig, dist: distributed.DistInfo, writer: RunWriter) ->
     return RunState(config=config, scheme=scheme, dist=dist, device=device, writer=writer, model=model,
                     tokenizer=tokenizer, data=data, profile=profile, candidates=candidates, optimizer=optimizer,
                     scheduler=scheduler, trainable=trainable, account=account,
-                    replicas=distributed.Replicas(model, profile.names, device, dist, lambda: account.counters))
+                    replicas=distributed.Replicas(model, profile.names, device, dist, account))
 
 
 def _load_data(c: TrainConfig, tokenizer: Any, is_enc_dec: bool, dist: distributed.DistInfo,

@@ -20,6 +20,7 @@ from ..trainable import set_trainable
 from . import distributed
 from .accounting import cost_key
 from .setup import RunState, TrainingError
+from .summary import write_summary
 
 __all__ = ["reselect", "train_step"]
 
@@ -103,8 +104,6 @@ def _update(s: RunState) -> float:
 
 def _fail(s: RunState, loss: float, epoch: int, step: int) -> None:
     """Record the run as failed (every rank agrees) and raise, naming the last good checkpoint."""
-    from .summary import write_summary
-
     last = checkpoints(s.writer.root) if s.dist.is_main else []
     kept = distributed.broadcast_object(
         f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet", s.dist)

@@ -22,11 +22,10 @@ __all__ = ["PeakMemory", "write_summary"]
 def write_summary(s: RunState, status: str, step: int, **extra: Any) -> Summary:
     """Write the summary (rank 0) and return it on every rank; under DDP a collective."""
     counters = s.account.counters
-    memory = getattr(s, "memory", None)
     mine = {"flops_training": counters.flops_training, "flops_selection": counters.flops_selection,
             "flops_full": counters.flops_full, "wall_seconds": counters.seconds,
             "selection_seconds": counters.selection_seconds, "eval_seconds": counters.eval_seconds,
-            "peak_memory_bytes": memory.peak if memory is not None else None,
+            "peak_memory_bytes": s.memory.peak if s.memory is not None else None,
             "ddp_wraps": counters.ddp_wraps, "ddp_wrap_seconds": counters.ddp_wrap_seconds}
     ranks = distributed.all_gather_object(mine, s.dist)
     return distributed.on_main(lambda: _write(s, status, step, ranks, extra), s.dist)
