@@ -197,6 +197,7 @@ def test_stop_ends_a_run_cleanly_with_a_checkpoint(tmp_path):
 def test_bad_train_settings_give_messages(tmp_path):
     for overrides, expected in [
         ({"rho": 1.5}, "must be in (0, 1]"),
+        ({"rho": None}, "set rho to a fraction"),  # an emptied rho field
         ({"scheme": "nonsense"}, "unknown scheme"),
         ({"dataset": str(tmp_path / "missing.csv")}, "does not exist"),
         ({"epochs": 0}, "epochs must be a whole number"),
