@@ -241,7 +241,7 @@ def real_profiles(quick: bool) -> list[dict]:
         positive = float(importance[importance > 0].sum())
         full = profile.full_flops
         for rho in REAL_RHOS:
-            if rho < profile.min_rho:
+            if rho < profile.min_training_rho:
                 continue
             budget = rho * full - profile.t_fp
             started = time.perf_counter()

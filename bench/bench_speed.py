@@ -93,7 +93,7 @@ def run(model_name: str, batch_size: int, seq_len: int, rhos: list[float], repea
     importance = tensor_importance(model, probes, None, "taylor", profile=profile)
     configs: list[tuple[str, np.ndarray, float | None]] = [("full", np.ones(len(profile), dtype=bool), 1.0)]
     for rho in rhos:
-        if rho < profile.min_rho:
+        if rho < profile.min_training_rho:
             continue
         selection = select_tensors(profile, importance, rho)
         configs.append((f"green:{rho:g}", selection.mask, rho))

@@ -43,7 +43,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from .flops import own_loss
 from .importance import IMPORTANCE_METRICS, tensor_importance
 from .profile import TensorProfile, profile_model
-from .select import select_tensors
+from .select import check_rho, require_tensors, select_tensors
 from .trainable import set_trainable
 from .training import distributed
 
@@ -164,6 +164,7 @@ class GreenTrainerCallback(TrainerCallback):
                 first = batches[0] if not info.enabled else _to_device(
                     distributed.broadcast_object(_to_device(batches[0], torch.device("cpu")), info), _device_of(model))
                 self._profile = profile_model(model, first, loss_fn=own_loss)  # the loss Trainer computes
+                check_rho(self._profile, self.rho)
             with _base_learning_rates(optimizer):  # under DDP, gradients summed over every rank's probe batches
                 importance = tensor_importance(model, batches, optimizer, self.metric, profile=self._profile,
                                                seed=self.seed + len(self.selections),
@@ -172,6 +173,7 @@ class GreenTrainerCallback(TrainerCallback):
         finally:
             model.train(was_training)
         selection = distributed.on_main(lambda: select_tensors(self._profile, importance, self.rho), info)
+        require_tensors(selection, self.metric)
         set_trainable(model, selection.trainable, optimizer)
         self._last_selection_step = state.global_step
         self.selections.append(

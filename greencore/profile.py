@@ -71,6 +71,20 @@ class TensorProfile:
         """Smallest feasible rho: a step that trains nothing still pays the forward pass."""
         return float(self.t_fp / self.full_flops)
 
+    @property
+    def min_training_rho(self) -> float:
+        """Smallest rho at which a selection can train at least one tensor: the forward pass plus the cheapest
+        single tensor's weight gradient and the activation gradients down to it (the chain model the selector
+        optimises). Between `min_rho` and this, every selection is empty."""
+        if not len(self):
+            return 1.0
+        return float((self.t_fp + self.single_tensor_costs().min()) / self.full_flops)
+
+    def single_tensor_costs(self) -> np.ndarray:
+        """Backward FLOPs (chain model) of training each tensor alone: its weight gradient plus the activation
+        gradients down to it."""
+        return self.t_dw + np.concatenate(([0.0], np.cumsum(self.t_dy)))[self.reach]
+
     def as_mask(self, trainable: Any) -> np.ndarray:
         """A boolean mask aligned with `names` from a mask, or from an iterable of tensor names."""
         return _as_mask(trainable, self.names)

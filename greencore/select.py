@@ -23,7 +23,7 @@ import numpy as np
 if TYPE_CHECKING:
     from .profile import TensorProfile
 
-__all__ = ["DEFAULT_RESOLUTION", "Selection", "select_tensors", "solve_selection"]
+__all__ = ["DEFAULT_RESOLUTION", "Selection", "check_rho", "require_tensors", "round_rho_up", "select_tensors", "solve_selection"]
 
 DEFAULT_RESOLUTION = 50_000
 """Buckets the total backward cost is divided into when `resolution` is None.
@@ -100,14 +100,7 @@ def select_tensors(
             f"importance has {len(importance)} entries but the profile has {len(profile)} tensors; "
             "pass one importance per profiled tensor, in the profile's order"
         )
-    if not math.isfinite(rho) or not 0.0 < rho <= 1.0:
-        raise ValueError(f"rho={rho!r} must be a finite fraction of full fine-tuning FLOPs in (0, 1]")
-    if rho < profile.min_rho:
-        suggest = math.ceil(profile.min_rho * 1000) / 1000
-        raise ValueError(
-            f"rho={rho:g} is below the feasible minimum {profile.min_rho:.3f} for this model "
-            f"(the forward pass alone costs that much); choose rho >= {suggest:.3f}"
-        )
+    check_rho(profile, rho)
     full = profile.full_flops
     budget = max(0.0, rho * full - profile.t_fp)
     _check_costs(profile.t_dy, profile.t_dw, importance, budget, resolution)
@@ -137,6 +130,41 @@ def select_tensors(
         objective=float(importance[mask].sum()),
         chain_ratio=(profile.t_fp + profile.chain_cost(mask)) / full,
     )
+
+
+def check_rho(profile: TensorProfile, rho: float) -> None:
+    """Refuse a budget under which no selection trains a tensor, naming the smallest rho that trains one.
+
+    A step pays the forward pass (`profile.min_rho` of a full step) whatever it trains; the cheapest single tensor
+    adds its weight gradient and the activation gradients down to it (`profile.min_training_rho`). Below that every
+    selection is empty and a "training" run would only run forward passes.
+    """
+    if isinstance(rho, bool) or not isinstance(rho, (int, float, np.integer, np.floating)) or not math.isfinite(rho) \
+            or not 0.0 < rho <= 1.0:
+        raise ValueError(f"rho={rho!r} must be a finite fraction of full fine-tuning FLOPs in (0, 1]")
+    floor = profile.min_training_rho
+    if rho < floor:
+        cheapest = profile.names[int(np.argmin(profile.single_tensor_costs()))]
+        raise ValueError(
+            f"rho={rho:g} trains no tensor of this model: the forward pass alone costs {profile.min_rho:.3f} of a "
+            f"full step and training its cheapest tensor ({cheapest}) brings a step to {floor:.3f}; "
+            f"choose rho >= {round_rho_up(floor):.3f}"
+        )
+
+
+def require_tensors(selection: Selection, metric: str) -> None:
+    """Refuse a selection that trains nothing (every tensor the budget affords scored importance <= 0)."""
+    if not selection.trainable:
+        raise ValueError(
+            f"the selection at rho={selection.rho:g} trains no tensor: every tensor it can afford has importance "
+            f"<= 0 under the {metric!r} metric; raise rho or choose another importance metric"
+        )
+
+
+def round_rho_up(rho: float) -> float:
+    """`rho` rounded up to 3 decimals: the value a message suggests, never below what it must exceed."""
+    value = math.ceil(rho * 1000) / 1000
+    return min(1.0, value if value >= rho else value + 0.001)
 
 
 def _bucket_unit(prefix: np.ndarray, t_dw: np.ndarray, unit: float) -> float:

@@ -106,7 +106,7 @@ def test_app_in_a_browser(url, browser):
     wait(browser, lambda d: "rho = 0.80" in text_of(d, "explore-summary"))
     assert browser.find_elements(By.CSS_SELECTOR, "#explore-heatmap .js-plotly-plot g.hm")
     set_number(browser, "#rho input[type='number']", 0.2)
-    wait(browser, lambda d: "feasible minimum 0.333" in text_of(d, "explore-message"))
+    wait(browser, lambda d: "trains no tensor" in text_of(d, "explore-message"))
     set_number(browser, "#rho input[type='number']", 0.6)
     wait(browser, lambda d: "rho = 0.60" in text_of(d, "explore-summary"))
     screenshot(browser, "explore")

@@ -246,7 +246,7 @@ def trace(fig, name: str):
 
 def test_tradeoff_points_are_the_selectors_at_each_rho():
     profile = hand_profile()
-    rhos = [1.0, 0.4, 0.6, 0.3]
+    rhos = [1.0, 0.4, 0.6, 0.31]
     fig = tradeoff_curve(profile, HAND_IMPORTANCE, rhos=rhos, current_rho=0.6)
     predicted = trace(fig, "predicted step FLOPs / full")
     share = trace(fig, "selected importance / all positive")
@@ -266,9 +266,9 @@ def test_tradeoff_default_rhos_and_errors(real_profiles):
     importance = np.random.default_rng(2).normal(size=len(profile))
     fig = tradeoff_curve(profile, importance)
     xs = trace(fig, "predicted step FLOPs / full").x
-    assert len(xs) == 40 and xs[0] == pytest.approx(profile.min_rho) and xs[-1] == 1.0
+    assert len(xs) == 40 and xs[0] == pytest.approx(profile.min_training_rho) and xs[-1] == 1.0
     assert all(y <= x + 1e-9 for x, y in zip(xs, trace(fig, "predicted step FLOPs / full").y))
-    with pytest.raises(ValueError, match="below the feasible minimum"):
+    with pytest.raises(ValueError, match="trains no tensor"):
         tradeoff_curve(profile, importance, rhos=[0.1, 0.5])
     with pytest.raises(ValueError, match="current_rho"):
         tradeoff_curve(profile, importance, rhos=[0.5], current_rho=1.5)

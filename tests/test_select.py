@@ -81,6 +81,12 @@ def test_select_tensors_with_tied_tensors_matches_brute_force() -> None:
         budget = rho * full - profile.t_fp
         masks = all_masks(n)
         costs = np.array([profile.chain_cost(m) for m in masks])
+        floor = (profile.t_fp + costs[1:].min()) / full  # the cheapest non-empty mask, by enumeration
+        assert profile.min_training_rho == pytest.approx(floor, rel=1e-12)
+        if rho < floor * (1 - 1e-12):  # no non-empty mask fits: refused, naming the smallest rho that trains
+            with pytest.raises(ValueError, match="trains no tensor"):
+                select_tensors(profile, importance, rho)
+            continue
 
         sel = select_tensors(profile, importance, rho, resolution=max(int(full - profile.t_fp), 1))
 
@@ -99,7 +105,7 @@ def test_solve_selection_agrees_with_select_tensors_on_untied_profiles() -> None
         n = int(rng.integers(1, 30))
         t_dy, t_dw, importance = rng.random(n) * 1e6, rng.random(n) * 1e6, rng.normal(size=n)
         profile = TensorProfile(names=[str(k) for k in range(n)], t_fp=1e6, t_dy=t_dy, t_dw=t_dw, reach=np.arange(n))
-        rho = float(rng.uniform(profile.min_rho, 1.0))
+        rho = float(rng.uniform(profile.min_training_rho, 1.0))
         budget = rho * profile.full_flops - profile.t_fp
         sel = select_tensors(profile, importance, rho)
         assert np.array_equal(sel.mask, solve_selection(t_dy, t_dw, importance, budget))
@@ -223,11 +229,25 @@ def test_rho_outside_unit_interval_is_rejected(rho: float) -> None:
         select_tensors(profile, [1.0], rho)
 
 
-def test_rho_below_forward_cost_names_the_minimum() -> None:
+def test_rho_that_trains_no_tensor_names_the_smallest_that_does() -> None:
+    # full step 1 + 1 + 1 = 3; training "a" alone costs 1 + 0.5 (its weight gradient) = 1.5, i.e. rho 0.5;
+    # "b" alone also needs the activation gradient past "a": 1 + 0.5 + 0.5 = 2, rho 0.667
     profile = TensorProfile(names=["a", "b"], t_fp=1.0, t_dy=[0.5, 0.5], t_dw=[0.5, 0.5], reach=[0, 1])
-    with pytest.raises(ValueError, match=r"below the feasible minimum 0\.333.*rho >= 0\.334"):
-        select_tensors(profile, [1.0, 1.0], 0.2)
-    assert select_tensors(profile, [1.0, 1.0], profile.min_rho).trainable == []
+    assert profile.min_rho == pytest.approx(1 / 3) and profile.min_training_rho == pytest.approx(0.5)
+    for rho in (0.2, 1 / 3, 0.49):  # below the forward pass, and between it and the cheapest tensor
+        with pytest.raises(ValueError, match=r"forward pass alone costs 0\.333.*\(a\) brings a step to 0\.500; "
+                                             r"choose rho >= 0\.500"):
+            select_tensors(profile, [1.0, 1.0], rho)
+    assert select_tensors(profile, [1.0, 1.0], 0.5).trainable == ["a"]
+
+
+def test_round_rho_up_never_suggests_a_value_below_the_floor() -> None:
+    from greencore.select import round_rho_up
+
+    assert [round_rho_up(x) for x in (0.4657, 0.466, 0.5, 0.9999, 1.0)] == [0.466, 0.466, 0.5, 1.0, 1.0]
+    rng = np.random.default_rng(3)
+    for x in rng.random(2000):
+        assert x <= round_rho_up(x) <= x + 0.001 + 1e-12
 
 
 def test_importance_length_mismatch_is_rejected() -> None:

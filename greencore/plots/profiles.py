@@ -191,12 +191,12 @@ def tradeoff_curve(
     """Predicted step-FLOPs ratio and selected importance against rho, from `select_tensors` at each rho.
 
     Importance is shown as a share of the total positive importance (what training every useful tensor gets).
-    `rhos` defaults to 40 values from `profile.min_rho` to 1; `current_rho` is marked by a vertical line.
+    `rhos` defaults to 40 values from `profile.min_training_rho` (the smallest that trains a tensor) to 1; `current_rho` is marked by a vertical line.
     """
     imp = _per_tensor(importance, len(profile), "importance")
     if len(profile) == 0:
         return _empty_figure("The profile has no trainable tensors.", "FLOPs and importance against rho")
-    grid = np.linspace(profile.min_rho, 1.0, 40) if rhos is None else np.sort(np.asarray(rhos, dtype=np.float64))
+    grid = np.linspace(profile.min_training_rho, 1.0, 40) if rhos is None else np.sort(np.asarray(rhos, dtype=np.float64))
     if grid.ndim != 1 or len(grid) == 0:
         raise ValueError("rhos must be a non-empty sequence of numbers")
     selections = [select_tensors(profile, imp, float(rho)) for rho in grid]

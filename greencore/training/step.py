@@ -15,7 +15,7 @@ import torch
 from ..flops import flop_counter, model_loss
 from ..importance import tensor_importance
 from ..records import SelectionRow, TrainRow, checkpoints
-from ..select import select_tensors
+from ..select import require_tensors, select_tensors
 from ..trainable import set_trainable
 from . import distributed
 from .accounting import cost_key
@@ -34,8 +34,7 @@ def train_step(s: RunState, batch: dict, share: float, epoch: int, index: int, s
         with phase("forward"):
             loss = model_loss(s.replicas(), batch)
         with phase("backward"):
-            if loss.requires_grad:  # a selection that trains nothing makes the step the forward pass alone
-                (loss * (share * s.dist.world_size)).backward()
+            (loss * (share * s.dist.world_size)).backward()
     seconds = time.perf_counter() - started
     s.account.add_full_equivalent(s.model, batch, key, s.candidates)
     counters = s.account.counters
@@ -71,6 +70,7 @@ def reselect(s: RunState, epoch: int, step: int) -> SelectionRow:
                                        reduce=distributed.gradient_reduce(s.dist))
     selection, importance = distributed.broadcast_object(
         (select_tensors(s.profile, importance, s.scheme.rho), importance), s.dist)
+    require_tensors(selection, metric)
     set_trainable(s.model, selection.trainable, s.optimizer, candidates=s.profile.names)
     s.trainable = selection.trainable
     seconds = time.perf_counter() - started
