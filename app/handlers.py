@@ -21,6 +21,7 @@ from greencore import DATASETS, TrainConfig, list_runs, load_run, plots
 from greencore.explore import ExploreSpec, check_dataset, explore
 from greencore.records import RunRecord
 from greencore.schemes import SCHEMES
+from greencore.select import round_rho_up
 
 from . import runs as background
 
@@ -83,6 +84,13 @@ def _whole(value: Any, name: str, *, minimum: int = 1, optional: bool = False) -
     return int(value)
 
 
+def _number(value: Any, name: str) -> float:
+    """A number from a form field; an emptied field is a message, not a TypeError."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} is empty: enter a number")
+    return float(value)
+
+
 def _rho(value: Any) -> float:
     """rho from a form field, checked to be a number (select_tensors checks its range and feasibility)."""
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -142,7 +150,8 @@ def update_selection(spec: ExploreSpec | None, rho: float | None, color_by: str)
         f"**{selection.predicted_ratio:.1%}** of full fine-tuning (chain bound {selection.chain_ratio:.1%}), "
         f"{share:.0%} of the positive importance.  \n"
         f"{spec.model} at batch {spec.batch_size} x {spec.seq_len} tokens: forward {plots.format_flops(profile.t_fp)}, "
-        f"full step {plots.format_flops(profile.full_flops)}; smallest feasible rho **{profile.min_rho:.3f}**."
+        f"full step {plots.format_flops(profile.full_flops)}; the smallest rho that trains a tensor is "
+        f"**{round_rho_up(profile.min_training_rho):.3f}** (the forward pass alone costs {profile.min_rho:.3f})."
     )
     heatmap = plots.selection_heatmap(profile, selection.mask, importance, color_by=color_by)
     return ExploreView(
@@ -205,7 +214,7 @@ def start_run(
             epochs=_whole(epochs, "epochs"),
             max_steps=_whole(max_steps, "max steps", optional=True),
             batch_size=_whole(batch_size, "batch size"),
-            lr=float(lr),
+            lr=_number(lr, "learning rate"),
             interval=_whole(interval, "interval"),
             interval_unit=interval_unit,
             max_train_examples=_whole(max_train_examples, "max train examples", optional=True),
@@ -216,7 +225,10 @@ def start_run(
     except Exception as err:
         return runs, _problem(err), SKIP
     runs = [*runs, str(handle.run.out)]
-    message = f"Started **{handle.run.config.name}** in `{handle.run.out}`."
+    ahead = handle.ahead
+    message = (f"Queued **{handle.run.config.name}** ({ahead} run(s) ahead; runs train one at a time so that each "
+               f"is reproducible), to `{handle.run.out}`." if ahead else
+               f"Started **{handle.run.config.name}** in `{handle.run.out}`.")
     return runs, message, gr.Dropdown(choices=run_choices(runs), value=str(handle.run.out))
 
 
@@ -228,6 +240,8 @@ def stop_run(runs: list[str], chosen: str | None) -> str:
     if not handle.running:
         return f"{handle.run.config.name} has already ended ({handle.status})."
     handle.stop()
+    if handle.cancelled:
+        return f"Cancelled **{handle.run.config.name}** before it started; it wrote nothing."
     return f"Stopping **{handle.run.config.name}** after its current step; its checkpoint is kept."
 
 

@@ -63,9 +63,9 @@ def build_app(runs_dir: str | Path = Path("runs"), *, explore_defaults: ExploreS
                                       info="or the path of a .jsonl/.csv file")
                 metric = gr.Dropdown(list(IMPORTANCE_METRICS), value=d.metric, label="importance metric")
             with gr.Row():
-                batch_size = gr.Number(d.batch_size, label="batch size", precision=0)
-                seq_len = gr.Number(d.seq_len, label="sequence length", precision=0)
-                probe_batches = gr.Number(d.probe_batches, label="probe batches", precision=0)
+                batch_size = gr.Number(d.batch_size, label="batch size")
+                seq_len = gr.Number(d.seq_len, label="sequence length")
+                probe_batches = gr.Number(d.probe_batches, label="probe batches")
                 profile_button = gr.Button("Profile", variant="primary")
             rho = gr.Slider(0.05, 1.0, value=t.rho, step=0.01, label="rho (step FLOPs budget, fraction of full)",
                             elem_id="rho")
@@ -88,18 +88,18 @@ def build_app(runs_dir: str | Path = Path("runs"), *, explore_defaults: ExploreS
                 train_dataset = gr.Dropdown(list(DATASETS), value=t.dataset, label="data set", allow_custom_value=True)
                 scheme = gr.Dropdown(list(SCHEMES), value=t.spec.name, label="scheme")
                 train_rho = gr.Number(t.rho, label="rho (green, random)", step=0.05)
-                k = gr.Number(_field_default("k"), label="k (top-k blocks)", precision=0)
+                k = gr.Number(_field_default("k"), label="k (top-k blocks)")
             with gr.Row():
-                epochs = gr.Number(t.epochs, label="epochs", precision=0)
-                max_steps = gr.Number(t.max_steps or 0, label="max steps (0: all)", precision=0, elem_id="max-steps")
+                epochs = gr.Number(t.epochs, label="epochs")
+                max_steps = gr.Number(t.max_steps or 0, label="max steps (0: all)", elem_id="max-steps")
                 lr = gr.Number(t.lr, label="learning rate")
-                interval = gr.Number(t.interval, label="re-select every", precision=0)
+                interval = gr.Number(t.interval, label="re-select every")
                 interval_unit = gr.Radio(["epoch", "step"], value=t.interval_unit, label="interval unit")
             with gr.Row():
-                train_batch = gr.Number(t.batch_size, label="batch size", precision=0, elem_id="train-batch")
-                max_train = gr.Number(t.max_train_examples or 0, label="max train examples (0: all)", precision=0,
+                train_batch = gr.Number(t.batch_size, label="batch size", elem_id="train-batch")
+                max_train = gr.Number(t.max_train_examples or 0, label="max train examples (0: all)",
                                       elem_id="max-train")
-                max_eval = gr.Number(t.max_eval_examples or 0, label="max eval examples (0: all)", precision=0,
+                max_eval = gr.Number(t.max_eval_examples or 0, label="max eval examples (0: all)",
                                      elem_id="max-eval")
                 eval_rouge = gr.Checkbox(t.eval_rouge, label="ROUGE at the end")
                 start_button = gr.Button("Start run", variant="primary", elem_id="start-run")

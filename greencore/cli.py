@@ -20,6 +20,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"greencore: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _whole(text: str) -> int:
+    """An argparse type: a whole number >= 1 (argparse names the flag in its message)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
 def _common_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="minilm", help="built-in name, hub id or local path (default: minilm)")
     p.add_argument("--dataset", default="stdlib-tldr", help="stdlib-tldr, scitldr, dialogsum, or a .jsonl/.csv path")
@@ -29,19 +40,21 @@ def _common_model(p: argparse.ArgumentParser) -> None:
 
 def _config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...]) -> None:
     """One flag per `TrainConfig` field (its default and help text come from the field), except `skip`."""
-    from .training.config import TrainConfig
+    from .training.config import TrainConfig, flag
 
     for f in dataclasses.fields(TrainConfig):
         if f.name in skip:
             continue
-        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        # no default here: `args` holds only the flags given (TrainConfig fills in the rest), so that --resume can
+        # tell a flag the user typed from a default
         if f.type == "bool":  # a switch that turns a default-on setting off
-            p.add_argument(flag, dest=f.name, action="store_false", help=f.metadata["help"])
+            p.add_argument(flag(f.name), dest=f.name, action="store_false", default=argparse.SUPPRESS,
+                           help=f.metadata["help"])
             continue
         kind = {"int": int, "float": float}.get(f.type.replace(" | None", ""), str)
         shown = "" if f.default is None else f" (default: {f.default})"
-        p.add_argument(flag, dest=f.name, type=kind, default=f.default, choices=f.metadata.get("choices"),
-                       help=f.metadata["help"] + shown)
+        p.add_argument(flag(f.name), dest=f.name, type=kind, default=argparse.SUPPRESS,
+                       choices=f.metadata.get("choices"), help=f.metadata["help"] + shown)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -50,17 +63,17 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("profile", help="per-tensor FLOPs of one training step, in backprop order")
     _common_model(p)
-    p.add_argument("--batch-size", type=int, default=4, help="rows of the profiled batch (default: 4)")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per row of the profiled batch (default: 128)")
+    p.add_argument("--batch-size", type=_whole, default=4, help="rows of the profiled batch (default: 4)")
+    p.add_argument("--seq-len", type=_whole, default=128, help="tokens per row of the profiled batch (default: 128)")
     p.add_argument("--json", type=Path, help="also write names, t_fp, t_dy, t_dw and layout here")
 
     p = sub.add_parser("select", help="choose the tensors to train at a FLOPs budget rho")
     _common_model(p)
     p.add_argument("--rho", type=float, required=True, help="step FLOPs as a fraction of full fine-tuning, in (0, 1]")
     p.add_argument("--metric", default="taylor", help="importance metric: taylor, grad_l1, fisher, magnitude, random")
-    p.add_argument("--probe-batches", type=int, default=2, help="batches the importance is averaged over")
-    p.add_argument("--batch-size", type=int, default=4, help="rows per probe batch (default: 4)")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per row (default: 128)")
+    p.add_argument("--probe-batches", type=_whole, default=2, help="batches the importance is averaged over")
+    p.add_argument("--batch-size", type=_whole, default=4, help="rows per probe batch (default: 4)")
+    p.add_argument("--seq-len", type=_whole, default=128, help="tokens per row (default: 128)")
     p.add_argument("--json", type=Path, help="also write the selection here")
 
     p = sub.add_parser("train", help="fine-tune with one scheme")
@@ -98,10 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _loaded(args):
     from .data import sample_batches
-    from .models import load_model
+    from .models import check_batch_shape, load_model
 
     model, tokenizer = load_model(args.model, seed=args.seed, device=args.device)
     model.train()
+    check_batch_shape(model, args.batch_size, args.seq_len)
     count = getattr(args, "probe_batches", 1)
     batches = sample_batches(tokenizer, args.dataset, is_encoder_decoder=bool(model.config.is_encoder_decoder),
                              batch_size=args.batch_size, seq_len=args.seq_len, count=count, seed=args.seed)
@@ -112,6 +126,7 @@ def _loaded(args):
 def _profile(args) -> int:
     from .plots import format_flops
     from .profile import profile_model
+    from .select import round_rho_up
 
     model, batches = _loaded(args)
     profile = profile_model(model, batches[0])
@@ -121,7 +136,8 @@ def _profile(args) -> int:
     _print_table(("tensor (backprop order)", "stack", "block", "type", "t_dw", "t_dy"), rows)
     print(f"\n{len(profile)} tensors; forward {format_flops(profile.t_fp)}, activation gradients "
           f"{format_flops(profile.t_dy.sum())}, weight gradients {format_flops(profile.t_dw.sum())}, "
-          f"full step {format_flops(profile.full_flops)}; smallest feasible rho {profile.min_rho:.3f}")
+          f"full step {format_flops(profile.full_flops)}; smallest rho that trains a tensor "
+          f"{round_rho_up(profile.min_training_rho):.3f} (the forward pass alone: {profile.min_rho:.3f})")
     if args.json:
         _write_json(args.json, {"model": args.model, "batch_size": args.batch_size, "seq_len": args.seq_len,
                                 **profile.to_dict()})
@@ -156,11 +172,18 @@ def _select(args) -> int:
     return 0
 
 
-def _config(args, scheme: str):
+def _given(args) -> dict:
+    """The `TrainConfig` settings given as flags (the parser keeps no defaults for them)."""
     from .training.config import TrainConfig
 
-    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
-    return TrainConfig(**{**settings, "scheme": scheme})
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+
+
+def _config(args, scheme: str | None = None):
+    """The run's `TrainConfig` from the flags given; `compare` passes each of its schemes."""
+    from .training.config import TrainConfig
+
+    return TrainConfig(**_given(args), **({"scheme": scheme} if scheme else {}))
 
 
 def _drive(run, desc: str) -> dict:
@@ -176,6 +199,10 @@ def _drive(run, desc: str) -> dict:
                 bar.total = event["total_steps"]
                 bar.update(event["step"] - bar.n)
                 bar.set_postfix(loss=f"{event['loss']:.3f}", flops=f"{event['flops'] / max(event['flops_full'], 1):.2f}")
+            elif event["type"] == "resume" and main_rank:
+                bar.total = event["total_steps"]
+                bar.update(event["step"] - bar.n)
+                bar.write(f"resumed from {event['checkpoint']} at step {event['step']} of {event['total_steps']}")
             elif event["type"] == "selection" and main_rank:
                 bar.write(f"selection {event['index']}: {event['trainable_tensors']} tensors, predicted ratio "
                           f"{event['predicted_ratio']:.3f}")
@@ -189,11 +216,16 @@ def _train(args) -> int:
     from .training import Run
 
     if args.resume:
-        run = Run.resume(args.resume)
+        run = Run.resume(args.resume, settings=_given(args))
+        if run.status == "finished":
+            print(f"{args.resume} finished at step {run.summary.get('steps')}: nothing to resume, nothing changed",
+                  file=sys.stderr)
+            _print_summaries([run.summary])
+            return 0
     else:
         if args.out is None:
             raise ValueError("--out DIR is required: the run's records and checkpoints go there")
-        run = Run(_config(args, args.scheme), args.out, overwrite=args.overwrite)
+        run = Run(_config(args), args.out, overwrite=args.overwrite)
     summary = _drive(run, run.config.name)
     if run.dist.is_main:
         _print_summaries([summary])

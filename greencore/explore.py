@@ -27,7 +27,7 @@ import torch
 from .data import load_summarization, sample_batches
 from .flops import measure_training_flops
 from .importance import IMPORTANCE_METRICS, tensor_importance
-from .models import load_model
+from .models import check_batch_shape, load_model
 from .plots import tradeoff_curve
 from .profile import TensorProfile, profile_model
 from .select import Selection, select_tensors
@@ -136,6 +136,7 @@ def profiled(spec: ExploreSpec, progress: Progress | None = None) -> Profiled:
         report(0.0, f"loading {spec.model}")
         model, tokenizer = load_model(spec.model, seed=spec.seed, device=spec.device)
         model.train()
+        check_batch_shape(model, spec.batch_size, spec.seq_len)
         report(0.2, f"sampling {spec.probe_batches} batch(es) of {spec.batch_size} x {spec.seq_len} tokens")
         batches = sample_batches(tokenizer, spec.dataset, is_encoder_decoder=bool(model.config.is_encoder_decoder),
                                  batch_size=spec.batch_size, seq_len=spec.seq_len, count=spec.probe_batches,

@@ -9,12 +9,15 @@ attention kernels.
 
 from __future__ import annotations
 
+import difflib
 import os
 import tempfile
 from pathlib import Path
 from typing import Callable
 
+import huggingface_hub
 import torch
+from huggingface_hub import try_to_load_from_cache
 from safetensors.torch import load_file
 from transformers import (
     AutoConfig,
@@ -41,7 +44,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-__all__ = ["BUILTIN_MODELS", "load_model", "resolve_device"]
+__all__ = ["BUILTIN_MODELS", "check_batch_shape", "estimated_step_bytes", "load_model", "resolve_device"]
 
 Loaded = tuple[PreTrainedModel, PreTrainedTokenizerBase]
 
@@ -109,6 +112,50 @@ def load_model(
     model.to(device=target, dtype=dtype)
     model.eval()
     return model, tokenizer
+
+
+def check_batch_shape(model: PreTrainedModel, batch_size: int, seq_len: int) -> None:
+    """Refuse, before any work, a batch the model cannot take: longer than its position table, or whose training
+    step would need (by a rough estimate, not a measurement) more memory than the device has free."""
+    config = model.config
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and seq_len > positions:
+        raise ValueError(f"sequence length {seq_len} is longer than the {positions} positions "
+                         f"{config.model_type} models have: choose at most {positions}")
+    need = estimated_step_bytes(config, batch_size, seq_len)
+    free = _free_memory(next(model.parameters()).device)
+    if free is not None and need > 0.8 * free:
+        raise ValueError(f"a training step on {batch_size} x {seq_len} tokens needs an estimated {need / 2**30:.1f} "
+                         f"GiB of activations (a rough upper bound, not measured), more than the "
+                         f"{free / 2**30:.1f} GiB free: lower the batch size or the sequence length")
+
+
+def estimated_step_bytes(config: PretrainedConfig, batch_size: int, seq_len: int) -> float:
+    """A rough upper bound on the activation memory of one fp32 training step with eager attention.
+
+    Per layer ~ b*s*h*(34 + 5*a*s/h) half-precision bytes (Korthikanti et al. 2022, "Reducing Activation
+    Recomputation in Large Transformer Models"), doubled for fp32, plus three copies of the b*s*vocab logits
+    (logits, softmax, their gradient). Meant to refuse impossible settings, not to plan memory.
+    """
+    hidden = getattr(config, "hidden_size", 0) or 0
+    heads = getattr(config, "num_attention_heads", 1) or 1
+    layers = (getattr(config, "num_hidden_layers", 0) or 0) + (getattr(config, "num_decoder_layers", 0) or 0)
+    vocab = getattr(config, "vocab_size", 0) or 0
+    tokens = batch_size * seq_len
+    per_layer = 2 * tokens * (34 * hidden + 5 * heads * seq_len)
+    return float(layers * per_layer + 3 * 4 * tokens * vocab)
+
+
+def _free_memory(device: torch.device) -> float | None:
+    """Bytes free on `device` (CUDA: the driver's count; CPU: MemAvailable of /proc/meminfo), None if unknown."""
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return float(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 # ----------------------------------------------------------------------------------------------- tokenizers
@@ -282,8 +329,34 @@ _BUILDERS: dict[str, Callable[[], Loaded]] = {
 # ------------------------------------------------------------------------------------------ hub / local path
 
 
+def _check_findable(name: str) -> None:
+    """Fail at once, not after the hub client's retries, for a name that is no local folder, is not in the Hugging
+    Face cache and cannot be had from the hub: a misspelt built-in, any id while HF_HUB_OFFLINE is set, or an id the
+    hub does not know or cannot be reached for. Slash-less hub ids (`gpt2`) still load when the hub has them."""
+    if Path(name).expanduser().exists() or try_to_load_from_cache(name, "config.json") is not None:
+        return  # from_pretrained reads these without the network
+    close = difflib.get_close_matches(name, list(BUILTIN_MODELS), n=1, cutoff=0.75)
+    where = (f"model {name!r} is not a built-in ({', '.join(BUILTIN_MODELS)}), not a local folder and not in the "
+             "Hugging Face cache")
+    if close and "/" not in name:
+        raise ValueError(f"{where}: did you mean the built-in {close[0]!r}?")
+    if huggingface_hub.constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        raise ValueError(f"{where}, and HF_HUB_OFFLINE is set: download it on a connected machine first, or give a "
+                         "local checkpoint folder")
+    try:
+        huggingface_hub.model_info(name, timeout=5)
+    except huggingface_hub.errors.RepositoryNotFoundError:
+        raise ValueError(f"{where}, and the Hugging Face Hub has no model {name!r} (or it is private: log in "
+                         "with `hf auth login`)") from None
+    except huggingface_hub.errors.HfHubHTTPError:
+        return  # gated, rate-limited, ...: from_pretrained says what is needed
+    except Exception as err:  # no network: the hub client's own retries would take half a minute to say so
+        raise ValueError(f"{where}, and the Hugging Face Hub cannot be reached ({type(err).__name__}: {err})") from None
+
+
 def _load_pretrained(name: str, trust_remote_code: bool) -> Loaded:
     """Load `name` as a Hugging Face hub id or local checkpoint directory, preferring eager attention."""
+    _check_findable(name)
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
         auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM

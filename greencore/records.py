@@ -27,14 +27,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 if TYPE_CHECKING:
     from .profile import TensorProfile
 
 __all__ = ["DoneEvent", "EvalRow", "PROFILE_FILE", "RUN_MARKER", "RunRecord", "RunWriter", "SelectionRow", "Summary",
-           "TrainRow", "check_run_directory", "is_run_directory", "list_runs", "load_run", "remove_run",
-           "write_json_atomic"]
+           "ResumeEvent", "TrainRow", "check_run_directory", "checkpoint_problem", "checkpoints", "is_run_directory",
+           "latest_checkpoint", "list_runs", "load_run", "read_json", "remove_run", "write_json_atomic"]
 
 PROFILE_FILE = "profile.json"
 RUN_MARKER = ".greencore-run"
@@ -171,6 +172,16 @@ class DoneEvent(TypedDict):
     summary: Summary
 
 
+class ResumeEvent(TypedDict):
+    """The first event of a resumed run: the checkpoint it continues from and where that left the loop."""
+
+    type: Literal["resume"]
+    checkpoint: str
+    step: int
+    epoch: int
+    total_steps: int
+
+
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
     """Write JSON to `path` through a temporary file in the same folder and an atomic rename."""
     path = Path(path)
@@ -207,7 +218,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     """A JSON file's content, or a ValueError that names the file and says what is wrong with it."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -296,12 +307,52 @@ def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def checkpoints(root: str | os.PathLike) -> list[Path]:
-    """A run's checkpoints, oldest first."""
+    """A run's checkpoints, oldest first; one whose state.json cannot be read sorts last, as the newest, so that
+    resuming names it (`latest_checkpoint`) instead of silently going back further."""
     folder = Path(root) / "checkpoints"
     if not folder.exists():
         return []
     found = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "state.json").exists()]
-    return sorted(found, key=lambda p: json.loads((p / "state.json").read_text())["global_step"])
+    return sorted(found, key=lambda p: (_checkpoint_step(p) is None, _checkpoint_step(p) or 0, p.name))
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    try:
+        return int(json.loads((path / "state.json").read_text(encoding="utf-8"))["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """What is wrong with a checkpoint (a file missing, truncated or not readable), or None when it is intact."""
+    path = Path(path)
+    if _checkpoint_step(path) is None:
+        return "state.json is damaged (not readable JSON with a global_step)"
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        try:
+            with safe_open(str(path / name), framework="pt"):
+                pass
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except Exception as err:  # safetensors reports a truncated or garbled file as its own error type
+            return f"{name} is damaged ({err})"
+    return None
+
+
+def latest_checkpoint(root: str | os.PathLike) -> Path:
+    """The checkpoint a resume starts from: the newest, which must be intact. A ValueError names what is wrong
+    with it and the newest intact one before it."""
+    root = Path(root)
+    found = checkpoints(root)
+    if not found:
+        raise ValueError(f"cannot resume {root}: it has no checkpoint yet; start it again with --overwrite")
+    problem = checkpoint_problem(found[-1])
+    if problem is None:
+        return found[-1]
+    good = next((p for p in reversed(found[:-1]) if checkpoint_problem(p) is None), None)
+    hint = (f"the last good checkpoint is {good} (step {_checkpoint_step(good)}): delete {found[-1]} to resume from it"
+            if good else "no earlier checkpoint is intact: start the run again with --overwrite")
+    raise ValueError(f"cannot resume {root}: in checkpoint {found[-1]}, {problem}; {hint}")
 
 
 def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
@@ -367,7 +418,7 @@ def load_run(path: str | os.PathLike) -> RunRecord:
     if not config_path.exists():
         raise ValueError(f"{path} is not a greencore run directory (no config.json)")
     summary_path = path / "summary.json"
-    config = _read_json(config_path)
+    config = read_json(config_path)
     if not isinstance(config, dict) or "scheme" not in config:
         raise ValueError(f"{config_path} is damaged: it holds no run configuration")
     return RunRecord(
@@ -375,7 +426,7 @@ def load_run(path: str | os.PathLike) -> RunRecord:
         config=config,
         metrics=read_jsonl(path / "metrics.jsonl"),
         selections=read_jsonl(path / "selections.jsonl"),
-        summary=_read_json(summary_path) if summary_path.exists() else None,
+        summary=read_json(summary_path) if summary_path.exists() else None,
     )
 
 

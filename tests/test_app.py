@@ -1,6 +1,7 @@
 """The Gradio app: its handlers called directly, and the served app driven with gradio_client."""
 
 import re
+from pathlib import Path
 import socket
 import time
 
@@ -14,6 +15,7 @@ from greencore_app.main import LAUNCH_OPTIONS, build_app
 from greencore import TrainConfig, plots, select_tensors, train
 from greencore.explore import ExploreSpec, explore
 from greencore.records import checkpoints, load_run
+from greencore.select import round_rho_up
 
 TINY = dict(model="tiny-gpt2", dataset="stdlib-tldr", batch_size=2, seq_len=64, metric="taylor", probe_batches=1)
 TINY_SPEC = ExploreSpec(**TINY)
@@ -53,7 +55,7 @@ def selected_cells(fig) -> set[str]:
 
 def start(tmp_path, runs=(), **overrides):
     runs, message, dropdown = handlers.start_run(tmp_path, list(runs), *{**RUN_FORM, **overrides}.values())
-    assert message.startswith("Started"), message
+    assert message.startswith(("Started", "Queued")), message
     return runs, runs[-1]
 
 
@@ -103,20 +105,30 @@ def test_explorations_are_cached_and_share_the_profile_across_metrics():
 
 def test_rho_below_the_minimum_and_invalid_rho_give_messages():
     spec = profile()[0]
-    low = handlers.update_selection(spec, 0.2, "selected")
-    assert "feasible minimum 0.333" in low.message and "choose rho >= 0.334" in low.message
+    profile_ = explore(spec).profile
+    floor = round_rho_up(profile_.min_training_rho)
+    for rho in (0.2, (profile_.min_rho + profile_.min_training_rho) / 2):  # below the forward pass, and above it
+        low = handlers.update_selection(spec, rho, "selected")
+        assert "trains no tensor" in low.message and f"choose rho >= {floor:.3f}" in low.message
+    assert f"smallest rho that trains a tensor is **{floor:.3f}**" in handlers.update_selection(spec, 0.5,
+                                                                                              "selected").summary
+    assert not skipped(handlers.update_selection(spec, floor, "selected").heatmap)
     assert all(skipped(fig) for fig in (low.heatmap, low.breakdown, low.tradeoff))
     for rho in (None, 1.5, float("nan")):
         assert handlers.update_selection(spec, rho, "selected").message.startswith("⚠️")
-    assert "feasible minimum" in handlers.measure_selection(spec, 0.1)
+    assert "trains no tensor" in handlers.measure_selection(spec, 0.1)
 
 
 @pytest.mark.parametrize(
     "overrides, expected",
     [
-        ({"model": "no-such-model-xyz"}, "could not load model 'no-such-model-xyz'"),
+        ({"model": "no-such-model-xyz"}, "model 'no-such-model-xyz' is not a built-in"),
+        ({"model": "tiny-opts"}, "did you mean the built-in 'tiny-opt'?"),
         ({"dataset": "/nonexistent/data.jsonl"}, "does not exist"),
         ({"batch_size": 0}, "batch size must be a whole number"),
+        ({"batch_size": 2.5}, "batch size must be a whole number >= 1, got 2.5"),  # refused, not rounded
+        ({"seq_len": 100000}, "longer than the 512 positions gpt2 models have"),  # issue 11: the server grew to 10 GB
+        ({"batch_size": 10**6, "seq_len": 512}, "GiB of activations (a rough upper bound, not measured)"),
         ({"metric": "bogus"}, "use one of taylor"),
     ],
 )
@@ -201,13 +213,15 @@ def test_bad_train_settings_give_messages(tmp_path):
         ({"scheme": "nonsense"}, "unknown scheme"),
         ({"dataset": str(tmp_path / "missing.csv")}, "does not exist"),
         ({"epochs": 0}, "epochs must be a whole number"),
+        ({"batch_size": 2.5}, "batch size must be a whole number >= 1, got 2.5"),
+        ({"lr": None}, "learning rate is empty: enter a number"),  # was "Unexpected error (TypeError ...)"
     ]:
         runs, message, dropdown = handlers.start_run(tmp_path, [], *{**RUN_FORM, **overrides}.values())
         assert runs == [] and expected in message and skipped(dropdown)
     # infeasible rho is found by the run itself: the status table says why it failed
     runs, path = start(tmp_path, rho=0.2)
     background.get(path).thread.join(60)
-    assert "feasible minimum" in handlers.live_view(runs)[0]
+    assert "trains no tensor" in handlers.live_view(runs)[0]
 
 
 def test_sessions_keep_their_own_explore_state_and_runs(tmp_path):
@@ -280,7 +294,29 @@ def test_served_app_selects_per_session(served):
     assert "tiny-gpt2" in summary
     assert "tiny-opt" in b.predict(0.7, "selected", api_name="/select")[1]  # b's own state
     low = a.predict(0.1, "selected", api_name="/select")[0]
-    assert "feasible minimum" in low
+    assert "trains no tensor" in low
     assert "Measured on the cached batch" in a.predict(0.7, api_name="/measure")
     fresh = Client(served, verbose=False, analytics_enabled=False)  # a new session has no profile yet
     assert "press **Profile**" in fresh.predict(0.5, "selected", api_name="/select")[0]
+
+
+def test_runs_started_together_train_one_at_a_time_and_match_a_run_alone(tmp_path):
+    """Issue 11, item 4: two runs started at once used to share the process's RNGs and both change their numbers."""
+    runs, alone = start(tmp_path / "alone")
+    background.get(alone).thread.join(120)
+    runs, first = start(tmp_path / "pair")
+    runs, message, _ = handlers.start_run(tmp_path / "pair", runs, *RUN_FORM.values())
+    second = runs[-1]
+    assert message.startswith("Queued") and "1 run(s) ahead" in message
+    assert background.get(second).status == "queued, 1 ahead"
+    runs, message, _ = handlers.start_run(tmp_path / "pair", runs, *RUN_FORM.values())
+    cancelled = runs[-1]
+    assert "Cancelled" in handlers.stop_run(runs, cancelled)
+    for path in (first, second, cancelled):
+        background.get(path).thread.join(120)
+    assert background.get(cancelled).status == "cancelled" and not Path(cancelled).exists()
+
+    def losses(path):
+        return [m["loss"] for m in load_run(path).metrics if m["type"] == "train"]
+
+    assert len(losses(alone)) == 3 and losses(first) == losses(alone) == losses(second)

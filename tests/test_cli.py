@@ -11,6 +11,7 @@ from greencore.cli import main
 from greencore.data import sample_batches
 from greencore.models import load_model
 from greencore.profile import profile_model
+from greencore.select import round_rho_up
 
 
 def test_profile_json_matches_the_library(tmp_path, capsys):
@@ -25,7 +26,7 @@ def test_profile_json_matches_the_library(tmp_path, capsys):
     assert data["names"] == expected.names
     assert data["t_fp"] == expected.t_fp
     np.testing.assert_array_equal(data["t_dw"], expected.t_dw)
-    assert "smallest feasible rho" in printed and expected.names[0] in printed
+    assert f"smallest rho that trains a tensor {round_rho_up(expected.min_training_rho):.3f}" in printed and expected.names[0] in printed
 
 
 def test_select_reports_predicted_and_measured_ratio(tmp_path, capsys):
@@ -40,7 +41,7 @@ def test_select_reports_predicted_and_measured_ratio(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,fragment", [
-    (["select", "--model", "tiny-gpt2", "--rho", "0.1", "--seq-len", "64", "--probe-batches", "1"], "feasible minimum"),
+    (["select", "--model", "tiny-gpt2", "--rho", "0.1", "--seq-len", "64", "--probe-batches", "1"], "trains no tensor"),
     (["select", "--model", "tiny-gpt2", "--rho", "1.5"], "must be in (0, 1]"),
     (["select", "--rho", "x"], "invalid float"),
     (["profile", "--model", "no-such-model-xyz"], "built-in"),

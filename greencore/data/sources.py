@@ -95,7 +95,8 @@ def _load_local(path: Path, source_field: str, target_field: str) -> datasets.Da
     available = sorted({key for record in records for key in record})
     for role, field in (("source_field", source_field), ("target_field", target_field)):
         if field not in available:
-            raise ValueError(f"{path} has no field {field!r}; its fields are {available}: pass {role}= one of them")
+            raise ValueError(f"{path} has no field {field!r}; its fields are {available}: name one with "
+                             f"--{role.replace('_', '-')} ({role}= in Python)")
     pairs = []
     for number, record in enumerate(records, 1):
         values = (record.get(source_field), record.get(target_field))
@@ -147,7 +148,8 @@ def load_summarization(name: str = "stdlib-tldr", *, source_field: str | None = 
         data = _load_local(Path(name).expanduser(), source_field or "source", target_field or "target")
     elif name in DATASETS:
         if source_field is not None or target_field is not None:
-            raise ValueError(f"source_field/target_field only apply to local files; {name!r} has fixed columns")
+            raise ValueError(f"--source-field/--target-field (source_field/target_field) only apply to local files; "
+                             f"{name!r} has fixed columns")
         data = load_stdlib_tldr(cache_dir) if name == "stdlib-tldr" else _load_hub(name, cache_dir)
     else:
         raise ValueError(f"unknown data set {name!r}: use one of {sorted(DATASETS)}, or the path of a .jsonl, .json "

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..records import checkpoints, load_checkpoint
+from ..records import latest_checkpoint, load_checkpoint
 from ..trainable import set_trainable
 from . import distributed
 
@@ -58,12 +58,13 @@ def save(s: "RunState", name: str, at: Position) -> dict:
     return {"type": "checkpoint", "step": at.step, "path": str(path)}
 
 
-def restore(s: "RunState", out: Path) -> Position:
-    """Load the latest checkpoint of the run in `out` into `s` and drop records written after it."""
+def restore(s: "RunState", out: Path) -> tuple[Path, Position]:
+    """Load the latest checkpoint of the run in `out` into `s`, drop records written after it, and return the
+    checkpoint's path and position."""
     loaded: dict = {}
+    latest = distributed.broadcast_object(latest_checkpoint(out) if s.dist.is_main else None, s.dist)
 
     def load() -> dict:
-        latest = checkpoints(out)[-1]
         loaded["tensors"], state = load_checkpoint(latest, s.model)
         trained_on = state.get("world_size", 1)
         if trained_on != s.dist.world_size:
@@ -90,7 +91,7 @@ def restore(s: "RunState", out: Path) -> Position:
     s.account.load_state_dict(state)
     _set_rng_state(state["rng"])
     s.writer.truncate_after(state["global_step"])
-    return Position(state["epoch"], state["index"], state["global_step"])
+    return latest, Position(state["epoch"], state["index"], state["global_step"])
 
 
 def seed_everything(seed: int) -> None:

@@ -11,12 +11,20 @@ schemes without a budget (or without k) record None there, so `config.json` neve
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..schemes import Scheme, parse_scheme
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "flag"]
+
+
+def flag(name: str) -> str:
+    """The command-line flag of `TrainConfig` field `name` (`--batch-size` for `batch_size`), which messages name so
+    that a CLI user reads the flag they typed and a library user still recognises the field."""
+    meta = _FIELDS[name].metadata
+    return meta.get("flag", "--" + name.replace("_", "-"))
 
 
 def _setting(default: Any, help: str, **cli: Any) -> Any:
@@ -64,28 +72,45 @@ class TrainConfig:
         from ..importance import IMPORTANCE_METRICS  # here, not at the top: the CLI's --help needs no torch
         from ..models import resolve_device
 
+        self._check_types()
         spec = parse_scheme(self.scheme, rho=self.rho, k=self.k)
         self.scheme, self.rho, self.k = spec.label, spec.rho, spec.k
         checks = [
-            (self.interval >= 1, f"interval={self.interval} must be >= 1"),
-            (self.interval_unit in ("epoch", "step"), f"interval_unit={self.interval_unit!r}: use 'epoch' or 'step'"),
-            (self.probe_batches >= 1, f"probe_batches={self.probe_batches} must be >= 1"),
-            (self.metric in IMPORTANCE_METRICS, f"metric={self.metric!r}: use one of {', '.join(IMPORTANCE_METRICS)}"),
-            (self.epochs >= 1, f"epochs={self.epochs} must be >= 1"),
-            (self.max_steps is None or self.max_steps >= 1, f"max_steps={self.max_steps} must be >= 1"),
-            (self.batch_size >= 1, f"batch_size={self.batch_size} must be >= 1"),
-            (self.lr > 0 and math.isfinite(self.lr), f"lr={self.lr} must be a positive number"),
-            (self.num_beams >= 1, f"num_beams={self.num_beams} must be >= 1"),
-            (self.keep_checkpoints >= 1, f"keep_checkpoints={self.keep_checkpoints} must be >= 1"),
-            (self.max_train_examples is None or self.max_train_examples >= 1,
-             f"max_train_examples={self.max_train_examples} must be >= 1"),
-            (self.max_eval_examples is None or self.max_eval_examples >= 1,
-             f"max_eval_examples={self.max_eval_examples} must be >= 1"),
+            ("interval", self.interval >= 1, ">= 1"),
+            ("probe_batches", self.probe_batches >= 1, ">= 1"),
+            ("metric", self.metric in IMPORTANCE_METRICS, f"one of {', '.join(IMPORTANCE_METRICS)}"),
+            ("interval_unit", self.interval_unit in ("epoch", "step"), "'epoch' or 'step'"),
+            ("epochs", self.epochs >= 1, ">= 1"),
+            ("max_steps", self.max_steps is None or self.max_steps >= 1, ">= 1"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("lr", self.lr > 0 and math.isfinite(self.lr), "a positive number"),
+            ("num_beams", self.num_beams >= 1, ">= 1"),
+            ("keep_checkpoints", self.keep_checkpoints >= 1, ">= 1"),
+            ("max_train_examples", self.max_train_examples is None or self.max_train_examples >= 1, ">= 1"),
+            ("max_eval_examples", self.max_eval_examples is None or self.max_eval_examples >= 1, ">= 1"),
         ]
-        for ok, message in checks:
+        for name, ok, expected in checks:
             if not ok:
-                raise ValueError(message)
+                raise ValueError(f"{flag(name)} {getattr(self, name)!r} ({name}=) must be {expected}")
         resolve_device(self.device)  # a device this machine does not have fails now, not after loading the model
+
+    def _check_types(self) -> None:
+        """Each value of the kind its field declares: a whole number for an int (4.0 becomes 4; 2.5 is refused, not
+        rounded), a number for a float, nothing empty unless the field may be None."""
+        kinds = {"int": (numbers.Integral, "a whole number"), "float": (numbers.Real, "a number"),
+                 "bool": (bool, "true or false"), "str": (str, "text")}
+        for f in fields(self):
+            value, declared = getattr(self, f.name), f.type.replace(" | None", "")
+            kind, wanted = kinds[declared]
+            if value is None:
+                if f.type.endswith("| None"):
+                    continue
+                raise ValueError(f"{flag(f.name)} is empty ({f.name}=None): give {wanted}")
+            if declared == "int" and isinstance(value, float) and value.is_integer():
+                value = int(value)
+            if not isinstance(value, kind) or (isinstance(value, bool) and declared != "bool"):
+                raise ValueError(f"{flag(f.name)} {value!r} ({f.name}=) must be {wanted}")
+            setattr(self, f.name, float(value) if declared == "float" else int(value) if declared == "int" else value)
 
     @property
     def spec(self) -> Scheme:
@@ -103,3 +128,6 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+_FIELDS = {f.name: f for f in fields(TrainConfig)}

@@ -11,15 +11,15 @@ summed. Every rank's `train` returns the same summary.
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
-from ..records import DoneEvent, RunWriter, Summary, check_run_directory, checkpoints, remove_run
+from ..records import (DoneEvent, ResumeEvent, RunWriter, Summary, check_run_directory, latest_checkpoint, read_json,
+                       remove_run)
 from . import checkpoint, distributed
 from .checkpoint import Position
-from .config import TrainConfig
+from .config import TrainConfig, flag
 from .evaluation import final_evaluation, validate
 from .setup import RunState, setup
 from .step import reselect, train_step
@@ -59,19 +59,32 @@ class Run:
             distributed.on_main(lambda: check_run_directory(self.out, overwrite=overwrite), self.dist)
 
     @classmethod
-    def resume(cls, out: str | Path) -> "Run":
-        """A run that continues the interrupted run in `out` from its latest checkpoint."""
+    def resume(cls, out: str | Path, settings: Mapping[str, Any] | None = None) -> "Run":
+        """A run that continues the interrupted run in `out` from its latest checkpoint.
+
+        A resumed run continues exactly as it was configured: `settings` (the flags given beside --resume) must
+        agree with the recorded config, and a ValueError names each one that does not. A finished run is not trained
+        again: its `status` is "finished" at once, `summary` is the recorded one and `events()` yields nothing.
+        """
         out = Path(out)
 
-        def read() -> dict:
+        def read() -> tuple[dict, dict | None]:
             record = out / "config.json"
             if not record.exists():
                 raise ValueError(f"cannot resume {out}: it holds no run (no config.json)")
-            if not checkpoints(out):
-                raise ValueError(f"cannot resume {out}: it has no checkpoint yet; start it again with --overwrite")
-            return json.loads(record.read_text())
+            config = read_json(record)
+            summary = read_json(out / "summary.json") if (out / "summary.json").exists() else None
+            if not summary or summary.get("status") != "finished":
+                latest_checkpoint(out)  # a missing or damaged checkpoint fails now, naming the file
+            return config, summary
 
-        return cls(TrainConfig.from_dict(distributed.on_main(read, distributed.setup())), out, _resume=True)
+        recorded, summary = distributed.on_main(read, distributed.setup())
+        config = TrainConfig.from_dict(recorded)
+        _check_settings(config, settings or {}, out)
+        run = cls(config, out, _resume=True)
+        if summary and summary.get("status") == "finished":
+            run.summary, run.status = summary, "finished"
+        return run
 
     def stop(self, reason: str = "stopped") -> None:
         """Ask the run to stop after the current step; it writes a checkpoint and a summary marked `reason`
@@ -80,7 +93,9 @@ class Run:
         self._stop.set()
 
     def events(self) -> Iterator[dict]:
-        """Train, yielding each event (train step, eval, selection, checkpoint, done) as it is recorded."""
+        """Train, yielding each event (resume, train step, eval, selection, checkpoint, done) as it is recorded."""
+        if self.status == "finished":  # a finished run resumed: nothing to do, and nothing is written
+            return
         self.status = "running"
         try:
             yield from self._loop()
@@ -96,7 +111,9 @@ class Run:
         checkpoint.seed_everything(c.seed)
         s = self.state = setup(c, self.dist, RunWriter(self.out, enabled=self.dist.is_main))
         if self._resume:
-            at = checkpoint.restore(s, self.out)
+            path, at = checkpoint.restore(s, self.out)
+            yield ResumeEvent(type="resume", checkpoint=str(path), step=at.step, epoch=at.epoch,
+                              total_steps=s.data.total_steps)
         else:  # the set-up succeeded: only now may an old run be replaced
             at = Position()
             if self._overwrite:
@@ -152,3 +169,17 @@ class Run:
         self.status = status
         return {"type": "done", "status": status, "step": step, "summary": self.summary}
 
+
+def _check_settings(config: TrainConfig, settings: Mapping[str, Any], out: Path) -> None:
+    """Refuse settings that differ from the run's recorded config, naming each flag with both values."""
+    if not settings:
+        return
+    recorded = config.to_dict()
+    if settings.keys() & {"rho", "k"} and "scheme" not in settings:
+        recorded["scheme"] = config.spec.name  # else the parameter written in the recorded scheme would win
+    asked = TrainConfig.from_dict({**recorded, **settings})
+    differ = [f"{flag(name)} {getattr(asked, name)} (the run has {getattr(config, name)})"
+              for name in config.to_dict() if getattr(asked, name) != getattr(config, name)]
+    if differ:
+        raise ValueError(f"--resume continues {out} as recorded in its config.json; these settings conflict with it: "
+                         f"{', '.join(differ)}. Drop them, or start a new run with another --out")

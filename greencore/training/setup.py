@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import collections
 import functools
-import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
 
 from ..data import collate, encode_examples, load_summarization, pad_batch
-from ..models import load_model
+from ..models import check_batch_shape, load_model
 from ..profile import TensorProfile, profile_model
 from ..records import RunWriter
 from ..schemes import Scheme
+from ..select import check_rho
 from ..trainable import set_trainable
 from . import distributed
 from .accounting import FlopsAccount, cost_key
@@ -126,6 +126,9 @@ def setup(config: TrainConfig, dist: distributed.DistInfo, writer: RunWriter) ->
     scheme = config.spec
     device = distributed.resolve_device(config.device, dist)
     model, tokenizer = load_model(config.model, seed=config.seed, device=device)
+    longest = (max(config.max_source_tokens, config.max_target_tokens) if model.config.is_encoder_decoder
+               else config.max_source_tokens + config.max_target_tokens)
+    check_batch_shape(model, config.batch_size, longest)
     data = _load_data(config, tokenizer, bool(model.config.is_encoder_decoder), dist, device)
     model.train()
     probe = data.profiling_batch(model)
@@ -142,11 +145,10 @@ def setup(config: TrainConfig, dist: distributed.DistInfo, writer: RunWriter) ->
     account = FlopsAccount()
     if scheme.reselects:
         account.counters.flops_selection += profile.t_fp  # the profiling forward pass is GreenTrainer's cost
-        if scheme.rho < profile.min_rho:
-            raise ValueError(f"rho={scheme.rho} is below the feasible minimum {profile.min_rho:.3f} for "
-                             f"{config.model} (the forward pass alone costs that much); choose rho >= "
-                             f"{math.ceil(profile.min_rho * 1000) / 1000:.3f}")
+        check_rho(profile, scheme.rho)  # before the importance pass: a budget that trains nothing fails now
     trainable = scheme.trainable(profile)
+    if not trainable:
+        raise ValueError(f"{scheme.label} trains no tensor of {config.model}: choose another scheme")
     params = dict(model.named_parameters())
     optimizer = torch.optim.AdamW([params[n] for n in profile.names], lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(_linear_decay,
@@ -169,10 +171,12 @@ def _load_data(c: TrainConfig, tokenizer: Any, is_enc_dec: bool, dist: distribut
     train_rows, truncated = encode_examples(tokenizer, splits["train"], **encode)
     val_rows, _ = encode_examples(tokenizer, splits["validation"], **encode)
     if len(train_rows) < c.batch_size:
-        raise ValueError(f"the training split has {len(train_rows)} usable examples, fewer than one batch "
-                         f"of {c.batch_size}: use more data or a smaller --batch-size")
+        raise ValueError(f"the training split has {len(train_rows)} usable examples, fewer than one batch of "
+                         f"{c.batch_size}{_too_long(splits['train'], train_rows, c)}; or use more data "
+                         f"(--max-train-examples) or a smaller --batch-size")
     if not val_rows:
-        raise ValueError("the validation split is empty after encoding: use a data set with more examples")
+        raise ValueError(f"the validation split has no usable example{_too_long(splits['validation'], val_rows, c)};"
+                         f" or use more data (--max-eval-examples)")
     if c.batch_size < dist.world_size:
         raise ValueError(f"batch_size={c.batch_size} is the global batch, split across the "
                          f"{dist.world_size} processes: use a batch size of at least {dist.world_size}")
@@ -181,6 +185,15 @@ def _load_data(c: TrainConfig, tokenizer: Any, is_enc_dec: bool, dist: distribut
                    eval_data={split: splits[split] for split in ("validation", "test")}, truncated=truncated,
                    is_encoder_decoder=is_enc_dec, batch_size=c.batch_size, seed=c.seed,
                    total_steps=min(total, c.max_steps) if c.max_steps else total, dist=dist, device=device)
+
+
+def _too_long(split: Any, rows: list[dict], c: TrainConfig) -> str:
+    """The part of a message that says how many examples were dropped for their summary's length, and what to raise."""
+    dropped = len(split) - len(rows)
+    if not dropped:
+        return ""
+    return (f": {dropped} of its {len(split)} examples have a summary longer than --max-target-tokens "
+            f"{c.max_target_tokens} (with eos) and were dropped; raise --max-target-tokens")
 
 
 def _linear_decay(step: int, *, total_steps: int) -> float:
