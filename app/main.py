@@ -44,10 +44,11 @@ INTRO = (
 def build_app(runs_dir: str | Path = Path("runs"), *, explore_defaults: ExploreSpec = ExploreSpec(),
               profile_on_load: bool = True) -> gr.Blocks:
     """The app's Blocks. Runs are written to and read from `runs_dir`; the Explore tab starts from
-    `explore_defaults` (the offline default, minilm on stdlib-tldr) and profiles it when a page opens."""
+    `explore_defaults` (the offline default, smollm2 on stdlib-tldr) and profiles it when a page opens; the Train
+    tab starts from `TrainConfig.demo()`, a run that finishes in a few minutes on a CPU."""
     runs_dir = Path(runs_dir)
     d = explore_defaults
-    t = TrainConfig(model=d.model, dataset=d.dataset)
+    t = TrainConfig.demo(model=d.model, dataset=d.dataset)
     with gr.Blocks(title="greencore", analytics_enabled=False) as demo:
         gr.Markdown(INTRO)
         spec_state = gr.State(None)

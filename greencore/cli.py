@@ -32,7 +32,7 @@ def _whole(text: str) -> int:
 
 
 def _common_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="minilm", help="built-in name, hub id or local path (default: minilm)")
+    p.add_argument("--model", default="smollm2", help="built-in name, hub id or local path (default: smollm2)")
     p.add_argument("--dataset", default="stdlib-tldr", help="stdlib-tldr, scitldr, dialogsum, or a .jsonl/.csv path")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, default=0, help="seed of the model's initialisation and the probe batches")
@@ -89,7 +89,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="one sub-directory per scheme goes here")
     p.add_argument("--overwrite", action="store_true", help="replace runs already in --out")
 
-    p = sub.add_parser("app", help="launch the Gradio app (offline default: minilm on stdlib-tldr)")
+    p = sub.add_parser("app", help="launch the Gradio app (offline default: smollm2 on stdlib-tldr)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port to listen on (default: 7860)")
     p.add_argument("--share", action="store_true", help="also create a public gradio.live link (off by default)")

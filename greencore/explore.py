@@ -47,7 +47,7 @@ T = TypeVar("T")
 class ExploreSpec:
     """One choice to explore: model, data set, probe batch shape, importance metric and number of probe batches."""
 
-    model: str = "minilm"
+    model: str = "smollm2"
     dataset: str = "stdlib-tldr"
     batch_size: int = 4
     seq_len: int = 128
@@ -100,7 +100,7 @@ class Exploration:
         return self.profiled.profile
 
     def select(self, rho: float) -> Selection:
-        """The best tensors at `rho` (ValueError below `profile.min_rho`, with that minimum in the message)."""
+        """The best tensors at `rho` (ValueError below `profile.min_training_rho`, with that value in the message)."""
         return select_tensors(self.profile, self.importance, rho)
 
     def tradeoff(self, rho: float | None = None) -> go.Figure:
@@ -133,7 +133,7 @@ def profiled(spec: ExploreSpec, progress: Progress | None = None) -> Profiled:
     report = progress or (lambda fraction, message: None)
 
     def build() -> Profiled:
-        report(0.0, f"loading {spec.model}")
+        report(0.0, f"loading {spec.model} (a first load converts or downloads it, smollm2 in about 30 s)")
         model, tokenizer = load_model(spec.model, seed=spec.seed, device=spec.device)
         model.train()
         check_batch_shape(model, spec.batch_size, spec.seq_len)

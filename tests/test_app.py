@@ -320,3 +320,17 @@ def test_runs_started_together_train_one_at_a_time_and_match_a_run_alone(tmp_pat
         return [m["loss"] for m in load_run(path).metrics if m["type"] == "train"]
 
     assert len(losses(alone)) == 3 and losses(first) == losses(alone) == losses(second)
+
+
+def test_train_tab_starts_from_the_demo_config(tmp_path):
+    """The Train tab's defaults are `TrainConfig.demo()`: the full default run, cut to minutes on a CPU."""
+    from greencore.training.config import DEMO
+
+    demo = build_app(tmp_path, explore_defaults=TINY_SPEC, profile_on_load=False)
+    shown = {c.elem_id: c.value for c in demo.blocks.values()
+             if getattr(c, "elem_id", None) in ("max-steps", "train-batch", "max-train", "max-eval")}
+    expected = TrainConfig.demo()
+    assert shown == {"max-steps": expected.max_steps, "train-batch": expected.batch_size,
+                     "max-train": expected.max_train_examples, "max-eval": expected.max_eval_examples}
+    changed = {k for k, v in expected.to_dict().items() if v != TrainConfig().to_dict()[k]}
+    assert changed == set(DEMO) and expected.max_steps < 50  # only the size of the run differs

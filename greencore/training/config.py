@@ -17,7 +17,7 @@ from typing import Any
 
 from ..schemes import Scheme, parse_scheme
 
-__all__ = ["TrainConfig", "flag"]
+__all__ = ["DEMO", "TrainConfig", "flag"]
 
 
 def flag(name: str) -> str:
@@ -34,9 +34,10 @@ def _setting(default: Any, help: str, **cli: Any) -> Any:
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a run. The defaults are the offline default: `minilm` on `stdlib-tldr`."""
+    """Everything that defines a run. The defaults are the offline default: `smollm2` on `stdlib-tldr`, one epoch
+    over every training pair; `TrainConfig.demo()` is the same run cut to a few minutes on a CPU."""
 
-    model: str = _setting("minilm", "built-in name, Hugging Face hub id or local checkpoint folder")
+    model: str = _setting("smollm2", "built-in name, Hugging Face hub id or local checkpoint folder")
     dataset: str = _setting("stdlib-tldr", "stdlib-tldr, scitldr, dialogsum, or a .jsonl/.json/.csv file")
     scheme: str = _setting("green", "full, green[:rho], random[:rho], lora, prefix, bitfit, layernorm, top-k[:k]")
     rho: float | None = _setting(0.5, "FLOPs budget of green/random: step FLOPs as a fraction of full, in (0, 1]")
@@ -112,6 +113,12 @@ class TrainConfig:
                 raise ValueError(f"{flag(f.name)} {value!r} ({f.name}=) must be {wanted}")
             setattr(self, f.name, float(value) if declared == "float" else int(value) if declared == "int" else value)
 
+    @classmethod
+    def demo(cls, **overrides: Any) -> "TrainConfig":
+        """A run sized to finish in a few minutes on 2 CPU cores with the offline default (the app's Train tab
+        starts from it; bench/bench_app.py measures its time and ROUGE against the zero-shot model's)."""
+        return cls(**{**DEMO, **overrides})
+
     @property
     def spec(self) -> Scheme:
         """The scheme object, which carries the scheme's behaviour."""
@@ -131,3 +138,5 @@ class TrainConfig:
 
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
+DEMO: dict[str, Any] = {"max_train_examples": 160, "max_steps": 20, "max_eval_examples": 20, "num_beams": 1}
+"""What `TrainConfig.demo()` changes: 20 steps of 8 pairs, ROUGE on 20 validation and 20 test pairs, greedy."""
