@@ -77,9 +77,15 @@ def text_of(driver, elem_id: str) -> str:
 
 
 def set_number(driver, css: str, value) -> None:
+    """Put `value` into a number box as one edit. Typing it key by key sends every prefix ("0" on the way to "0.8"),
+    which a slider refuses below its minimum; under load those refusals raced the final value."""
     box = driver.find_element(By.CSS_SELECTOR, css)
-    box.send_keys(Keys.CONTROL, "a")
-    box.send_keys(str(value), Keys.TAB)
+    driver.execute_script(
+        "const [box, value] = arguments;"
+        "Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, 'value').set.call(box, value);"
+        "box.dispatchEvent(new Event('input', {bubbles: true}));"
+        "box.dispatchEvent(new Event('change', {bubbles: true}));", box, str(value))
+    box.send_keys(Keys.TAB)
 
 
 def open_tab(driver, name: str) -> None:
