@@ -44,6 +44,21 @@ def write_results(
     return json_path, md_path
 
 
+def zero_shot_rouge(config: Any) -> dict[str, float]:
+    """ROUGE of the untrained model of a `TrainConfig` on its validation pairs, generated as a run's final
+    evaluation generates them (same prompt, lengths and beams)."""
+    from greencore.data import load_summarization
+    from greencore.evaluate import generate_summaries, rouge
+    from greencore.models import load_model
+
+    model, tokenizer = load_model(config.model, seed=config.seed)
+    data = load_summarization(config.dataset, max_examples={"validation": config.max_eval_examples})["validation"]
+    predictions = generate_summaries(model, tokenizer, list(data["source"]), max_source_tokens=config.max_source_tokens,
+                                     max_new_tokens=config.max_target_tokens, num_beams=config.num_beams,
+                                     prompt=config.prompt)
+    return rouge(predictions, list(data["target"]))
+
+
 def run_meta(command: str) -> dict[str, Any]:
     """Date (UTC), machine, library versions and the command that produced a result."""
     return {

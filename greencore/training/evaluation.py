@@ -51,7 +51,8 @@ def final_evaluation(s: RunState, step: int) -> Iterator[EvalRow]:
             continue
         sources = distributed.chunk(list(data["source"]), s.dist)
         predictions = generate_summaries(s.model, s.tokenizer, sources, max_source_tokens=c.max_source_tokens,
-                                         max_new_tokens=c.max_target_tokens, num_beams=c.num_beams) \
+                                         max_new_tokens=c.max_target_tokens, num_beams=c.num_beams,
+                                         prompt=s.data.prompt) \
             if sources else []
         predictions = [p for part in distributed.all_gather_object(predictions, s.dist) for p in part]
         result = rouge(predictions, list(data["target"]))

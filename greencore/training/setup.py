@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ..data import collate, encode_examples, load_summarization, pad_batch
+from ..data import collate, encode_examples, load_summarization, pad_batch, resolve_prompt
 from ..models import check_batch_shape, load_model
 from ..profile import TensorProfile, profile_model
 from ..records import RunWriter
@@ -40,6 +40,7 @@ class RunData:
     """A run's encoded splits and its batches: global batches in a seeded order, this rank's shard of each."""
 
     tokenizer: Any
+    prompt: str  # "tldr" or "chat" (a config's "auto" resolved for this tokenizer)
     train_rows: list[dict]
     val_rows: list[dict]
     eval_data: dict[str, Any]  # the validation and test splits as text, for generation
@@ -166,8 +167,9 @@ def _load_data(c: TrainConfig, tokenizer: Any, is_enc_dec: bool, dist: distribut
     limits = {"train": c.max_train_examples, "validation": c.max_eval_examples, "test": c.max_eval_examples}
     splits = load_summarization(c.dataset, source_field=c.source_field, target_field=c.target_field,
                                 max_examples={k: v for k, v in limits.items() if v is not None})
+    prompt = resolve_prompt(tokenizer, is_enc_dec, c.prompt)
     encode = dict(is_encoder_decoder=is_enc_dec, max_source_tokens=c.max_source_tokens,
-                  max_target_tokens=c.max_target_tokens)
+                  max_target_tokens=c.max_target_tokens, prompt=prompt)
     train_rows, truncated = encode_examples(tokenizer, splits["train"], **encode)
     val_rows, _ = encode_examples(tokenizer, splits["validation"], **encode)
     if len(train_rows) < c.batch_size:
@@ -181,7 +183,7 @@ def _load_data(c: TrainConfig, tokenizer: Any, is_enc_dec: bool, dist: distribut
         raise ValueError(f"batch_size={c.batch_size} is the global batch, split across the "
                          f"{dist.world_size} processes: use a batch size of at least {dist.world_size}")
     total = len(train_rows) // c.batch_size * c.epochs
-    return RunData(tokenizer=tokenizer, train_rows=train_rows, val_rows=val_rows,
+    return RunData(tokenizer=tokenizer, prompt=prompt, train_rows=train_rows, val_rows=val_rows,
                    eval_data={split: splits[split] for split in ("validation", "test")}, truncated=truncated,
                    is_encoder_decoder=is_enc_dec, batch_size=c.batch_size, seed=c.seed,
                    total_steps=min(total, c.max_steps) if c.max_steps else total, dist=dist, device=device)

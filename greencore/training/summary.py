@@ -43,7 +43,7 @@ def _write(s: RunState, status: str, step: int, ranks: list[dict], extra: dict) 
     peaks = [r["peak_memory_bytes"] for r in ranks if r["peak_memory_bytes"] is not None]
     summary: Summary = {
         "label": c.name, "scheme": s.scheme.name, "rho": s.scheme.rho, "k": s.scheme.k,
-        "model": c.model, "dataset": c.dataset, "status": status, "steps": step,
+        "model": c.model, "dataset": c.dataset, "prompt": s.data.prompt, "status": status, "steps": step,
         "flops_total": total, "flops_training": training, "flops_selection": selection,
         "flops_full_equivalent": full,
         "flops_ratio": total / full if full else None,
