@@ -133,11 +133,12 @@ def encode_examples(tokenizer: PreTrainedTokenizerBase, dataset: datasets.Datase
     if max_target_tokens < 2:
         raise ValueError(f"max_target_tokens={max_target_tokens}: it must be at least 2 (one token and eos)")
     sources, targets = list(dataset["source"]), list(dataset["target"])
+    prompt = resolve_prompt(tokenizer, is_encoder_decoder, prompt)
     prompts, n_truncated = _prompts(tokenizer, sources, is_encoder_decoder=is_encoder_decoder,
                                     max_source_tokens=max_source_tokens, prompt=prompt)
     eos = eos_token_id(tokenizer)
     # the summary continues "TL;DR:" after a space; an assistant's answer starts its turn
-    spaced = not is_encoder_decoder and resolve_prompt(tokenizer, is_encoder_decoder, prompt) == "tldr"
+    spaced = not is_encoder_decoder and prompt == "tldr"
     target_ids = _ids(tokenizer, [" " + t for t in targets] if spaced else targets)
     rows = []
     for index, (prompt_ids, target) in enumerate(zip(prompts, target_ids)):
