@@ -133,7 +133,7 @@ def profiled(spec: ExploreSpec, progress: Progress | None = None) -> Profiled:
     report = progress or (lambda fraction, message: None)
 
     def build() -> Profiled:
-        report(0.0, f"loading {spec.model} (a first load converts or downloads it, smollm2 in about 30 s)")
+        report(0.0, f"loading {spec.model} (a first load converts or downloads it)")
         model, tokenizer = load_model(spec.model, seed=spec.seed, device=spec.device)
         model.train()
         check_batch_shape(model, spec.batch_size, spec.seq_len)
