@@ -36,6 +36,11 @@ def _common_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="stdlib-tldr", help="stdlib-tldr, scitldr, dialogsum, or a .jsonl/.csv path")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, default=0, help="seed of the model's initialisation and the probe batches")
+    from .training.config import TrainConfig
+
+    prompt = next(f for f in dataclasses.fields(TrainConfig) if f.name == "prompt")
+    p.add_argument("--prompt", default=prompt.default, choices=prompt.metadata["choices"],
+                   help=f"prompt of the probe batches, as in train (default: {prompt.default})")
 
 
 def _config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...]) -> None:
@@ -118,7 +123,8 @@ def _loaded(args):
     check_batch_shape(model, args.batch_size, args.seq_len)
     count = getattr(args, "probe_batches", 1)
     batches = sample_batches(tokenizer, args.dataset, is_encoder_decoder=bool(model.config.is_encoder_decoder),
-                             batch_size=args.batch_size, seq_len=args.seq_len, count=count, seed=args.seed)
+                             batch_size=args.batch_size, seq_len=args.seq_len, count=count, seed=args.seed,
+                             prompt=args.prompt)
     device = next(model.parameters()).device
     return model, [{k: v.to(device) for k, v in b.items()} for b in batches]
 

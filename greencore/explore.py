@@ -24,7 +24,7 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
-from .data import load_summarization, sample_batches
+from .data import PROMPTS, load_summarization, sample_batches
 from .flops import measure_training_flops
 from .importance import IMPORTANCE_METRICS, tensor_importance
 from .models import check_batch_shape, load_model
@@ -45,7 +45,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class ExploreSpec:
-    """One choice to explore: model, data set, probe batch shape, importance metric and number of probe batches."""
+    """One choice to explore: model, data set, probe batch shape, importance metric, number of probe batches and the
+    prompt the probes are written in (`TrainConfig.prompt`'s choices; "auto" is what a training run uses by default)."""
 
     model: str = "smollm2"
     dataset: str = "stdlib-tldr"
@@ -55,6 +56,7 @@ class ExploreSpec:
     probe_batches: int = 2
     seed: int = 0
     device: str = "auto"
+    prompt: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.model or not self.model.strip():
@@ -67,6 +69,8 @@ class ExploreSpec:
                 raise ValueError(f"{name}={value!r} must be a whole number >= 1")
         if self.metric not in IMPORTANCE_METRICS:
             raise ValueError(f"metric={self.metric!r}: use one of {', '.join(IMPORTANCE_METRICS)}")
+        if self.prompt not in PROMPTS:
+            raise ValueError(f"prompt={self.prompt!r}: use one of {', '.join(PROMPTS)}")
 
     @property
     def profile_key(self) -> "ExploreSpec":
@@ -140,7 +144,7 @@ def profiled(spec: ExploreSpec, progress: Progress | None = None) -> Profiled:
         report(0.2, f"sampling {spec.probe_batches} batch(es) of {spec.batch_size} x {spec.seq_len} tokens")
         batches = sample_batches(tokenizer, spec.dataset, is_encoder_decoder=bool(model.config.is_encoder_decoder),
                                  batch_size=spec.batch_size, seq_len=spec.seq_len, count=spec.probe_batches,
-                                 seed=spec.seed)
+                                 seed=spec.seed, prompt=spec.prompt)
         device = next(model.parameters()).device
         batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
         report(0.3, "profiling one training step")

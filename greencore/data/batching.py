@@ -233,16 +233,23 @@ def batches(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Mapping[str, Any]
 
 
 def sample_batches(tokenizer: PreTrainedTokenizerBase, dataset: str = "stdlib-tldr", *, is_encoder_decoder: bool,
-                   batch_size: int, seq_len: int, count: int = 1, seed: int = 0, max_target_tokens: int = 32
-                   ) -> list[dict[str, torch.Tensor]]:
+                   batch_size: int, seq_len: int, count: int = 1, seed: int = 0, max_target_tokens: int = 32,
+                   prompt: str = "auto") -> list[dict[str, torch.Tensor]]:
     """`count` training batches of exactly `seq_len` tokens from a data set's train split, for profiling and probing.
 
     Every batch has the same shape, so a profile made on one describes them all. Sources are cut to fit `seq_len`
     (decoder-only: prompt plus summary; encoder-decoder: the encoder input, with summaries padded to `seq_len` too).
+    `prompt` is resolved as a training run resolves it ("auto": the chat template where the tokenizer has one), so
+    probes score tensors on the text a run trains on.
     """
-    if seq_len <= max_target_tokens and not is_encoder_decoder:
-        raise ValueError(f"seq_len={seq_len} leaves no room for a source next to {max_target_tokens} summary tokens: "
-                         f"use a seq_len above {max_target_tokens}")
+    prompt = resolve_prompt(tokenizer, is_encoder_decoder, prompt)
+    summary = 0 if is_encoder_decoder else max_target_tokens
+    fixed = _template(tokenizer, is_encoder_decoder, prompt).fixed
+    if seq_len <= summary + fixed:
+        beside = f" beside {summary} summary tokens" if summary else ""
+        other = ", or prompt='tldr'" if prompt == "chat" else ""
+        raise ValueError(f"seq_len={seq_len} leaves no room for a source: the {prompt} prompt's template takes {fixed} "
+                         f"tokens{beside}; use a seq_len of at least {summary + fixed + 1}{other}")
     if count < 1 or batch_size < 1:
         raise ValueError(f"count={count} and batch_size={batch_size} must be positive")
     data = load_summarization(dataset)["train"]
@@ -250,7 +257,7 @@ def sample_batches(tokenizer: PreTrainedTokenizerBase, dataset: str = "stdlib-tl
     rows, _ = encode_examples(tokenizer, data.select(range(min(len(data), 4 * needed))),
                               is_encoder_decoder=is_encoder_decoder,
                               max_source_tokens=seq_len if is_encoder_decoder else seq_len - max_target_tokens,
-                              max_target_tokens=min(max_target_tokens, seq_len))
+                              max_target_tokens=min(max_target_tokens, seq_len), prompt=prompt)
     if len(rows) < needed:
         raise ValueError(f"{dataset} gives {len(rows)} usable examples, fewer than {count} batches of {batch_size}")
     return list(batches(tokenizer, rows, batch_size=batch_size, shuffle=True, seed=seed, pad_to=seq_len,
