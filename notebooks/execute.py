@@ -9,10 +9,11 @@ Notebooks run with the working directory `notebooks/` and the kernel `python3` o
 (default `notebooks/runs/`, which git ignores). Execution timestamps are not recorded, so a re-run only changes
 the outputs.
 
-Figures are saved with the Plotly renderer "plotly_mimetype+notebook_connected": Plotly JSON, which JupyterLab draws
-offline (the plotly package ships its JupyterLab extension), plus HTML that loads plotly.js from its CDN for the
-classic Notebook and nbviewer. GitHub's notebook preview runs no JavaScript and shows neither; `PLOTLY_RENDERER`
-overrides the renderer (for example "plotly_mimetype+notebook_connected+png" adds static images, with `kaleido`).
+Figures are saved with the Plotly renderer "plotly_mimetype+notebook_connected+png": Plotly JSON, which JupyterLab
+draws offline (the plotly package ships its JupyterLab extension), HTML that loads plotly.js from its CDN for the
+classic Notebook and nbviewer, and a static PNG image for GitHub's notebook preview, which runs no JavaScript. The
+images need `kaleido` (in the dev extra) and a Chromium on the PATH. Quick mode leaves the PNG out (the tests need
+no browser); `PLOTLY_RENDERER` overrides the renderer in either mode.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def execute_notebook(
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
     env = dict(os.environ, QUICK="1" if quick else "0")
+    env.setdefault("PLOTLY_RENDERER", "plotly_mimetype+notebook_connected" + ("" if quick else "+png"))
     if out_dir is not None:
         env["GREENCORE_NOTEBOOK_OUT"] = str(out_dir)
     client = NotebookClient(

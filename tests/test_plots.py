@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import plotly.graph_objects as go
 import pytest
 
 from conftest import token_batch
+from greencore import plots
 from greencore.layout import TensorLayout
 from greencore.plots import (
     comparison_rows,
@@ -460,3 +462,26 @@ def test_prediction_check_points_and_diagonal():
     assert diagonal.x[0] == diagonal.y[0] == pytest.approx(0.5 / 1.5)
     with pytest.raises(ValueError, match="shape"):
         prediction_check([1.0], {"m": [1.0, 2.0]}, ["a"])
+
+
+def test_figure_bundle_holds_what_the_default_renderers_show(monkeypatch):
+    """Plotly JSON and CDN HTML always; a PNG image (GitHub's viewer) only when the renderers include "png"."""
+    import base64
+    import importlib.util
+    import shutil
+
+    import plotly.io as pio
+
+    fig = go.Figure(go.Bar(x=["a", "b"], y=[1, 2]), layout={"width": 300, "height": 200})
+    monkeypatch.setattr(pio.renderers, "default", "plotly_mimetype+notebook_connected")
+    bundle = plots.figure_bundle(fig)
+    assert set(bundle) == {"application/vnd.plotly.v1+json", "text/html"}
+    assert bundle["application/vnd.plotly.v1+json"]["data"][0]["y"] == [1, 2]
+    assert "cdn.plot.ly" in bundle["text/html"]
+    monkeypatch.setattr(pio.renderers, "default", "plotly_mimetype+notebook_connected+png")
+    assert "image/png" not in plots.figure_bundle(fig, static=False)
+    if importlib.util.find_spec("kaleido") is None or not (shutil.which("chromium") or shutil.which("chrome")):
+        pytest.skip("static images need kaleido and a Chromium")
+    image = base64.b64decode(plots.figure_bundle(fig)["image/png"])
+    assert image[:8] == b"\x89PNG\r\n\x1a\n"
+    assert int.from_bytes(image[16:20], "big") == 300 and int.from_bytes(image[20:24], "big") == 200

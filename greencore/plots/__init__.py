@@ -7,6 +7,7 @@ malformed inputs raise ValueError.
     profiles.py  per-layer selection heatmap, FLOPs breakdown, rho trade-off, re-selection timeline, prediction check
     runs.py      loss curves, FLOPs progress, ROUGE-L against FLOPs
     tables.py    FLOP counts as text, comparison table rows
+    notebook.py  a figure as raw notebook outputs (redrawing in place, static images)
     style.py     the shared template, colours and input checks
 
 Run records are the rows of `greencore.records` (`TrainRow`, `EvalRow`, `SelectionRow`, `Summary`); ROUGE scores are
@@ -14,6 +15,7 @@ in percent as `greencore.evaluate.rouge` gives them (None if not scored). To add
 module of its kind and list it here.
 """
 
+from .notebook import figure_bundle
 from .profiles import flops_breakdown, prediction_check, selection_heatmap, selection_timeline, tradeoff_curve
 from .runs import flops_progress, loss_curves, pareto
 from .style import COLOR_BY
@@ -22,6 +24,7 @@ from .tables import comparison_rows, format_flops
 __all__ = [
     "COLOR_BY",
     "comparison_rows",
+    "figure_bundle",
     "flops_breakdown",
     "flops_progress",
     "format_flops",
