@@ -2,14 +2,14 @@
 
 Usage: python bench/bench_overhead.py [--quick] [--results-dir DIR] [--rho 0.5] [--timed-steps 4]
 
-Settings are the quality benchmark's (bench/bench_quality.py FULL: minilm on stdlib-tldr, its training subset,
-batch size, lengths and probe batches; QUICK with --quick). The parts of a selection are timed and counted as the
+Settings are the quality benchmark's (bench/bench_quality.py `settings_for`: FULL, smollm2 on stdlib-tldr by
+default, its training subset, batch size, lengths and probe batches; QUICK with --quick). The parts of a selection are timed and counted as the
 engine runs them: profiling one batch (its real forward pass is the only FLOPs; the backward is replayed on the meta
 device), Taylor importance on the probe batches (forward and backward, under FlopCounterMode) and the DP.
 The epoch is the engine's first epoch: the same shuffled, length-bucketed batches. Its FLOPs are measured per distinct
 batch shape with FlopCounterMode for full fine-tuning and for the selection, and its time is the mean measured step
 time over a few of its batches (forward, backward, clipping, AdamW) times the steps per epoch.
-Writes bench/results/overhead.{json,md} (overhead_quick.* with --quick).
+Writes bench/results/overhead_<model>.{json,md} (overhead_quick.* with --quick).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_quality import FULL, QUICK  # noqa: E402
+from bench.bench_quality import results_name, settings_for  # noqa: E402
 from bench.bench_speed import step  # noqa: E402
 from bench.common import contention_note, markdown_table, report, timing_context  # noqa: E402
 
@@ -158,13 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timed-steps", type=int, default=None, help="steps timed per scheme (default 4; 2 quick)")
     parser.add_argument("--model", default=None, help="override the quality benchmark's model")
     args = parser.parse_args(argv)
-    settings = dict(QUICK if args.quick else FULL)
-    if args.model:
-        settings["model"] = args.model
+    settings = settings_for(args.model, args.quick)
     payload, table = run(settings, args.rho, args.timed_steps or (2 if args.quick else 4))
     payload["quick"] = args.quick
-    name = "overhead_quick" if args.quick else "overhead"
-    return report(name, payload, table, args.results_dir)
+    return report(results_name("overhead", args.quick, settings), payload, table, args.results_dir)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Wall-clock time of one training step on the CPU: full fine-tuning against GreenTrainer at rho 0.4 to 0.9.
 
-Usage: python bench/bench_speed.py [--quick] [--results-dir DIR] [--model minilm] [--batch-size 8] [--seq-len 128]
+Usage: python bench/bench_speed.py [--quick] [--results-dir DIR] [--model smollm2] [--batch-size 8] [--seq-len 128]
                                    [--repeats 7]
 
 One process, one model, the same stdlib-tldr batches for every configuration. GreenTrainer's selections come from
@@ -10,7 +10,7 @@ the engine does), in an order rotated each round so none is always first; the fi
 configuration: median step time, its ratio to full fine-tuning (median of the per-round ratios, so slow phases of a
 shared machine cancel), the forward and backward+update parts, and next to them the predicted FLOPs ratio (the
 profile's) and the measured one (FlopCounterMode on the same batch).
-Writes bench/results/speed.{json,md} (speed_quick.* with --quick, speed_<model>.* for another --model).
+Writes bench/results/speed_<model>.{json,md} (speed_quick.* with --quick).
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny-gpt2, short batches, 2 rounds")
     parser.add_argument("--results-dir", type=Path, default=None, help="where to write (default bench/results)")
-    parser.add_argument("--model", default=None, help="default minilm (tiny-gpt2 with --quick)")
+    parser.add_argument("--model", default=None, help="default smollm2 (tiny-gpt2 with --quick)")
     parser.add_argument("--batch-size", type=int, default=None, help="default 8 (4 with --quick)")
     parser.add_argument("--seq-len", type=int, default=None, help="default 128 (64 with --quick)")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 7; 2 with --quick)")
@@ -178,14 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quick = args.quick
     payload, table = run(
-        args.model or ("tiny-gpt2" if quick else "minilm"), args.batch_size or (4 if quick else 8),
+        args.model or ("tiny-gpt2" if quick else "smollm2"), args.batch_size or (4 if quick else 8),
         args.seq_len or (64 if quick else 128), [float(x) for x in args.rhos.split(",")],
         args.repeats or (2 if quick else 7), args.batches, probe_batches=2)
     payload["quick"] = quick
-    name = "speed_quick" if quick else "speed"
-    if args.model and args.model != "minilm" and not quick:
-        name = f"speed_{args.model}"
-    return report(name, payload, table, args.results_dir)
+    return report("speed_quick" if quick else f"speed_{payload['model']}", payload, table, args.results_dir)
 
 
 if __name__ == "__main__":
