@@ -195,6 +195,7 @@ def start_run(
     interval_unit: str,
     max_train_examples: float | None,
     max_eval_examples: float | None,
+    num_beams: float,
     eval_rouge: bool,
 ) -> tuple[list[str], str, Any]:
     """Start a run of `scheme` in the background; returns the session's runs, a message and the run chooser."""
@@ -219,6 +220,7 @@ def start_run(
             interval_unit=interval_unit,
             max_train_examples=_whole(max_train_examples, "max train examples", optional=True),
             max_eval_examples=_whole(max_eval_examples, "max eval examples", optional=True),
+            num_beams=_whole(num_beams, "beams"),
             eval_rouge=bool(eval_rouge),
         )
         handle = background.start(config, Path(runs_dir))

@@ -102,6 +102,7 @@ def build_app(runs_dir: str | Path = Path("runs"), *, explore_defaults: ExploreS
                                       elem_id="max-train")
                 max_eval = gr.Number(t.max_eval_examples or 0, label="max eval examples (0: all)",
                                      elem_id="max-eval")
+                num_beams = gr.Number(t.num_beams, label="beams (1: greedy)", elem_id="num-beams")
                 eval_rouge = gr.Checkbox(t.eval_rouge, label="ROUGE at the end")
                 start_button = gr.Button("Start run", variant="primary", elem_id="start-run")
             train_message = gr.Markdown(elem_id="train-message")
@@ -142,7 +143,7 @@ def build_app(runs_dir: str | Path = Path("runs"), *, explore_defaults: ExploreS
 
         # Train
         settings = [train_model, train_dataset, scheme, train_rho, k, epochs, max_steps, train_batch, lr, interval,
-                    interval_unit, max_train, max_eval, eval_rouge]
+                    interval_unit, max_train, max_eval, num_beams, eval_rouge]
         start_button.click(partial(handlers.start_run, runs_dir), [runs_state, *settings],
                            [runs_state, train_message, run_choice], api_name="start_run")
         stop_button.click(handlers.stop_run, [runs_state, run_choice], train_message, api_name="stop_run")

@@ -86,7 +86,8 @@ def _bench(args: argparse.Namespace) -> int:
         if not args.cold:
             form = [config.model, config.dataset, config.spec.name, config.rho, config.k or 2, config.epochs,
                     config.max_steps or 0, config.batch_size, config.lr, config.interval, config.interval_unit,
-                    config.max_train_examples or 0, config.max_eval_examples or 0, config.eval_rouge]
+                    config.max_train_examples or 0, config.max_eval_examples or 0, config.num_beams,
+                    config.eval_rouge]
             started = time.perf_counter()
             start_message, _ = client.predict(*form, api_name="/start_run")
             run = _wait_for_summary(runs_dir, args.timeout)

@@ -22,7 +22,7 @@ TINY_SPEC = ExploreSpec(**TINY)
 # Start-run form values, in the order of handlers.start_run after (runs_dir, runs)
 RUN_FORM = dict(model="tiny-gpt2", dataset="stdlib-tldr", scheme="green", rho=0.5, k=2, epochs=1, max_steps=3,
                 batch_size=4, lr=1e-3, interval=1, interval_unit="epoch", max_train_examples=32,
-                max_eval_examples=8, eval_rouge=False)
+                max_eval_examples=8, num_beams=1, eval_rouge=False)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -323,14 +323,17 @@ def test_runs_started_together_train_one_at_a_time_and_match_a_run_alone(tmp_pat
 
 
 def test_train_tab_starts_from_the_demo_config(tmp_path):
-    """The Train tab's defaults are `TrainConfig.demo()`: the full default run, cut to minutes on a CPU."""
+    """The Train tab's defaults are `TrainConfig.demo()`: the default scheme at the demo's budget, cut to minutes on
+    a CPU."""
     from greencore.training.config import DEMO
 
     demo = build_app(tmp_path, explore_defaults=TINY_SPEC, profile_on_load=False)
     shown = {c.elem_id: c.value for c in demo.blocks.values()
-             if getattr(c, "elem_id", None) in ("max-steps", "train-batch", "max-train", "max-eval")}
+             if getattr(c, "elem_id", None) in ("max-steps", "train-batch", "max-train", "max-eval", "num-beams")}
     expected = TrainConfig.demo()
     assert shown == {"max-steps": expected.max_steps, "train-batch": expected.batch_size,
-                     "max-train": expected.max_train_examples, "max-eval": expected.max_eval_examples}
+                     "max-train": expected.max_train_examples, "max-eval": expected.max_eval_examples,
+                     "num-beams": expected.num_beams}
     changed = {k for k, v in expected.to_dict().items() if v != TrainConfig().to_dict()[k]}
-    assert changed == set(DEMO) and expected.max_steps < 50  # only the size of the run differs
+    assert changed == set(DEMO) and expected.max_steps < 50  # the budget and the size of the run differ, nothing else
+    assert expected.spec.name == TrainConfig().spec.name == "green"

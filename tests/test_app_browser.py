@@ -14,6 +14,7 @@ import torch
 
 from greencore_app.main import LAUNCH_OPTIONS, build_app
 from greencore.explore import ExploreSpec
+from greencore.training import TrainConfig
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -107,7 +108,8 @@ def test_app_in_a_browser(url, browser):
     browser.get(url)
     # Explore: the page profiles its default on load and draws the heatmap as a plotly heatmap layer
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#explore-heatmap .js-plotly-plot g.hm"))
-    wait(browser, lambda d: "rho = 0.50" in text_of(d, "explore-summary"))
+    start = TrainConfig.demo().rho  # the rho slider and the Train tab start at the demo run's budget
+    wait(browser, lambda d: f"rho = {start:.2f}" in text_of(d, "explore-summary"))
     set_number(browser, "#rho input[type='number']", 0.8)
     wait(browser, lambda d: "rho = 0.80" in text_of(d, "explore-summary"))
     assert browser.find_elements(By.CSS_SELECTOR, "#explore-heatmap .js-plotly-plot g.hm")
@@ -132,6 +134,6 @@ def test_app_in_a_browser(url, browser):
 
     # Compare: the finished run is in the table and on the ROUGE-L / FLOPs plot
     open_tab(browser, "Compare")
-    wait(browser, lambda d: "green:0.5" in text_of(d, "compare-table"))
+    wait(browser, lambda d: TrainConfig.demo().scheme in text_of(d, "compare-table"))
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#pareto .js-plotly-plot .scatterlayer .trace"))
     screenshot(browser, "compare")
