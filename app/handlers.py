@@ -17,8 +17,10 @@ from typing import Any, NamedTuple
 import gradio as gr
 import pandas as pd
 
-from greencore import DATASETS, TrainConfig, list_runs, load_run, plots
+from greencore import BUILTIN_MODELS, DATASETS, IMPORTANCE_METRICS, TrainConfig, list_runs, load_run, plots
 from greencore.explore import ExploreSpec, check_dataset, explore
+from greencore.importance import STRUCTURAL_METRICS
+from greencore.meta import ARCHITECTURES
 from greencore.records import RunRecord
 from greencore.schemes import SCHEMES
 from greencore.select import round_rho_up
@@ -29,6 +31,7 @@ __all__ = [
     "ExploreView",
     "SelectionView",
     "compare_runs",
+    "explore_form",
     "live_view",
     "measure_selection",
     "profile_choice",
@@ -111,26 +114,46 @@ def profile_choice(
     probe_batches: float,
     rho: float | None,
     color_by: str,
+    config_only: bool = False,
     progress: gr.Progress = gr.Progress(),
 ) -> tuple[ExploreSpec | None, ...]:
     """Profile and score a model choice (cached per choice), then show the selection at `rho`.
 
-    Returns the new session state followed by the `ExploreView` fields; on a bad choice the message says what to
-    change, and the state (`current`) and the figures stay as they were.
+    `config_only` builds the model from its config on the meta device (no weights, no data: exact costs, a
+    structural importance). Returns the new session state followed by the `ExploreView` fields; on a bad choice the
+    message says what to change, and the state (`current`) and the figures stay as they were.
     """
     try:
         spec = ExploreSpec(
             model=(model or "").strip(),
-            dataset=(dataset or "").strip(),
+            dataset=(dataset or "").strip() or "stdlib-tldr",
             batch_size=_whole(batch_size, "batch size"),
             seq_len=_whole(seq_len, "sequence length"),
             metric=metric,
             probe_batches=_whole(probe_batches, "probe batches"),
+            config_only=bool(config_only),
         )
         explore(spec, progress=lambda fraction, message: progress(fraction, desc=message))
     except Exception as err:
         return (current, *ExploreView(_problem(err), SKIP, SKIP, SKIP, SKIP, SKIP))
     return (spec, *update_selection(spec, rho, color_by))
+
+
+def explore_form(config_only: bool, model: str, metric: str) -> tuple[Any, Any, Any, Any]:
+    """The Explore form with or without weights: updates for the model list (config only adds the architectures of
+    `greencore.meta.ARCHITECTURES`), the metric list (structural only, without weights), and the data set and probe
+    batches fields, which play no part without weights."""
+    if config_only:
+        models, metrics, default_metric = [*ARCHITECTURES, *BUILTIN_MODELS], list(STRUCTURAL_METRICS), "uniform"
+    else:
+        models, metrics, default_metric = list(BUILTIN_MODELS), list(IMPORTANCE_METRICS), "taylor"
+        if model in ARCHITECTURES:  # an architecture has no weights to load
+            model = ExploreSpec().model
+        if metric in STRUCTURAL_METRICS:
+            metric = default_metric
+    return (gr.update(choices=models, value=model),
+            gr.update(choices=metrics, value=metric if metric in metrics else default_metric),
+            gr.update(interactive=not config_only), gr.update(interactive=not config_only))
 
 
 def update_selection(spec: ExploreSpec | None, rho: float | None, color_by: str) -> ExploreView:
@@ -143,20 +166,43 @@ def update_selection(spec: ExploreSpec | None, rho: float | None, color_by: str)
     except Exception as err:
         return ExploreView(_problem(err), "", SKIP, SKIP, SKIP, SKIP)
     profile, importance = ex.profile, ex.importance
-    positive = float(importance[importance > 0].sum())
-    share = selection.objective / positive if positive > 0 else 0.0
-    summary = (
-        f"**{len(selection.trainable)} of {len(profile)} tensors trained** at rho = {rho:.2f}: predicted step FLOPs "
-        f"**{selection.predicted_ratio:.1%}** of full fine-tuning (chain bound {selection.chain_ratio:.1%}), "
-        f"{share:.0%} of the positive importance.  \n"
-        f"{spec.model} at batch {spec.batch_size} x {spec.seq_len} tokens: forward {plots.format_flops(profile.t_fp)}, "
-        f"full step {plots.format_flops(profile.full_flops)}; the smallest rho that trains a tensor is "
-        f"**{round_rho_up(profile.min_training_rho):.3f}** (the forward pass alone costs {profile.min_rho:.3f})."
-    )
-    heatmap = plots.selection_heatmap(profile, selection.mask, importance, color_by=color_by)
+    shape = f"{spec.model} at batch {spec.batch_size} x {spec.seq_len} tokens"
+    costs = (f"forward {plots.format_flops(profile.t_fp)}, full step {plots.format_flops(profile.full_flops)}; the "
+             f"smallest rho that trains a tensor is **{round_rho_up(profile.min_training_rho):.3f}** (the forward "
+             f"pass alone costs {profile.min_rho:.3f}).")
+    if spec.config_only:
+        deepest = profile.deepest_trainable(rho)
+        reach = "nothing" if deepest < 0 else f"`{profile.names[deepest]}` ({_where(profile.layout[deepest])})"
+        goal = {"uniform": "as many tensors", "params": "as many parameters"}[spec.metric]
+        summary = (
+            f"**Config only (no weights)**: {shape}, built on the meta device, every position scored: {costs}  \n"
+            f"At rho = {rho:.2f} backprop reaches down to {reach}. **Structural selection** ({spec.metric}: {goal} "
+            f"as the budget allows): {len(selection.trainable)} of {len(profile)} tensors, predicted step FLOPs "
+            f"**{selection.predicted_ratio:.1%}** of full fine-tuning. Without weights there is no importance: "
+            f"*this is not the selection GreenTrainer would learn.*"
+        )
+        title = (f"Structural selection ({spec.metric}), {int(selection.mask.sum())} of {len(profile)} tensors: "
+                 "not GreenTrainer's learned choice")
+    else:
+        positive = float(importance[importance > 0].sum())
+        share = selection.objective / positive if positive > 0 else 0.0
+        summary = (
+            f"**{len(selection.trainable)} of {len(profile)} tensors trained** at rho = {rho:.2f}: predicted step "
+            f"FLOPs **{selection.predicted_ratio:.1%}** of full fine-tuning (chain bound {selection.chain_ratio:.1%}), "
+            f"{share:.0%} of the positive importance.  \n{shape}: {costs}"
+        )
+        title = None
+    heatmap = plots.selection_heatmap(profile, selection.mask, importance, color_by=color_by, title=title)
     return ExploreView(
         "", summary, heatmap, plots.flops_breakdown(profile, selection.mask), ex.tradeoff(rho), selection.to_dict()
     )
+
+
+def _where(lay: Any) -> str:
+    """A tensor's block in words: "block 3", "encoder block 0", "outside the blocks"."""
+    if lay.block is None:
+        return "outside the blocks"
+    return ("" if lay.stack == "none" else f"{lay.stack} ") + f"block {lay.block}"
 
 
 def measure_selection(spec: ExploreSpec | None, rho: float | None) -> str:
@@ -169,8 +215,9 @@ def measure_selection(spec: ExploreSpec | None, rho: float | None) -> str:
         measured = ex.measured_ratio(selection)
     except Exception as err:
         return _problem(err)
+    where = "on the meta device (config only)" if spec.config_only else "on the cached batch"
     return (
-        f"Measured on the cached batch: {plots.format_flops(measured['measured'])} of "
+        f"Measured {where}: {plots.format_flops(measured['measured'])} of "
         f"{plots.format_flops(measured['full'])} per step = **{measured['ratio']:.1%}** of full fine-tuning "
         f"(predicted {selection.predicted_ratio:.1%}, rho = {rho:.2f})."
     )

@@ -59,10 +59,14 @@ def build_app(runs_dir: str | Path = Path("runs"), *, explore_defaults: ExploreS
         with gr.Tab("Explore", id="explore"):
             with gr.Row():
                 model = gr.Dropdown(list(BUILTIN_MODELS), value=d.model, label="model", allow_custom_value=True,
-                                    info="built-in name, hub id or local path")
+                                    info="built-in name, hub id or local path", elem_id="explore-model")
+                config_only = gr.Checkbox(d.config_only, label="config only (no weights)", elem_id="config-only",
+                                          info="any size, built on the meta device: exact costs, structural "
+                                               "importance (Llama-3-70B, a config.json, a hub id's config)")
                 dataset = gr.Dropdown(list(DATASETS), value=d.dataset, label="data set", allow_custom_value=True,
                                       info="or the path of a .jsonl/.csv file")
-                metric = gr.Dropdown(list(IMPORTANCE_METRICS), value=d.metric, label="importance metric")
+                metric = gr.Dropdown(list(IMPORTANCE_METRICS), value=d.metric, label="importance metric",
+                                     elem_id="explore-metric")
             with gr.Row():
                 batch_size = gr.Number(d.batch_size, label="batch size")
                 seq_len = gr.Number(d.seq_len, label="sequence length")
@@ -130,7 +134,10 @@ def build_app(runs_dir: str | Path = Path("runs"), *, explore_defaults: ExploreS
             pareto = gr.Plot(label="ROUGE-L against training FLOPs", elem_id="pareto")
 
         # Explore
-        explore_inputs = [spec_state, model, dataset, batch_size, seq_len, metric, probe_batches, rho, color_by]
+        explore_inputs = [spec_state, model, dataset, batch_size, seq_len, metric, probe_batches, rho, color_by,
+                          config_only]
+        config_only.change(handlers.explore_form, [config_only, model, metric], [model, metric, dataset, probe_batches],
+                           api_visibility="private")
         view = [explore_message, summary, heatmap, breakdown, tradeoff, selection_json]
         profile_button.click(handlers.profile_choice, explore_inputs, [spec_state, *view], api_name="profile")
         if profile_on_load:

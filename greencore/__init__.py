@@ -1,7 +1,8 @@
 """greencore: GreenTrainer, adaptive backpropagation for fine-tuning under a FLOPs budget.
 
 The method in four steps, one module each:
-    profile    -> `profile_model`: per-tensor FLOPs of a training step, from the model's real execution
+    profile    -> `profile_model`: per-tensor FLOPs of a training step, from the model's real execution (also of a
+                  full-size model built from its config on the meta device: `meta_model`, no weights)
     importance -> `tensor_importance`: the loss reduction each tensor's update would bring
     select     -> `select_tensors`: the exact best set of tensors under a FLOPs budget rho
     train      -> `train` / `Run` (the `training` package): the training loop that re-selects as it goes
@@ -23,7 +24,12 @@ _EXPORTS = {
     "train": ".training",
     "measure_training_flops": ".flops",
     "IMPORTANCE_METRICS": ".importance",
+    "STRUCTURAL_METRICS": ".importance",
     "tensor_importance": ".importance",
+    "ARCHITECTURES": ".meta",
+    "load_config": ".meta",
+    "meta_batch": ".meta",
+    "meta_model": ".meta",
     "TensorLayout": ".layout",
     "tensor_layout": ".layout",
     "BUILTIN_MODELS": ".models",

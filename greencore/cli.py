@@ -41,6 +41,9 @@ def _common_model(p: argparse.ArgumentParser) -> None:
     prompt = next(f for f in dataclasses.fields(TrainConfig) if f.name == "prompt")
     p.add_argument("--prompt", default=prompt.default, choices=prompt.metadata["choices"],
                    help=f"prompt of the probe batches, as in train (default: {prompt.default})")
+    p.add_argument("--config-only", action="store_true",
+                   help="no weights: build the model from its config on the meta device (any size; --model may also "
+                        "be an architecture such as llama-3-70b, or a config.json), one batch of full rows")
 
 
 def _config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...]) -> None:
@@ -75,7 +78,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("select", help="choose the tensors to train at a FLOPs budget rho")
     _common_model(p)
     p.add_argument("--rho", type=float, required=True, help="step FLOPs as a fraction of full fine-tuning, in (0, 1]")
-    p.add_argument("--metric", default="taylor", help="importance metric: taylor, grad_l1, fisher, magnitude, random")
+    p.add_argument("--metric", help="importance metric: taylor, grad_l1, fisher, magnitude, random, or the "
+                   "structural uniform or params (default: taylor; with --config-only: uniform)")
     p.add_argument("--probe-batches", type=_whole, default=2, help="batches the importance is averaged over")
     p.add_argument("--batch-size", type=_whole, default=4, help="rows per probe batch (default: 4)")
     p.add_argument("--seq-len", type=_whole, default=128, help="tokens per row (default: 128)")
@@ -116,8 +120,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _loaded(args):
     from .data import sample_batches
+    from .meta import load_config, meta_batch, meta_model
     from .models import check_batch_shape, load_model
 
+    if args.config_only:
+        model = meta_model(load_config(args.model))
+        check_batch_shape(model, args.batch_size, args.seq_len)
+        return model, [meta_batch(model, args.batch_size, args.seq_len, seed=args.seed)]
     model, tokenizer = load_model(args.model, seed=args.seed, device=args.device)
     model.train()
     check_batch_shape(model, args.batch_size, args.seq_len)
@@ -145,23 +154,27 @@ def _profile(args) -> int:
           f"full step {format_flops(profile.full_flops)}; smallest rho that trains a tensor "
           f"{round_rho_up(profile.min_training_rho):.3f} (the forward pass alone: {profile.min_rho:.3f})")
     if args.json:
-        _write_json(args.json, {"model": args.model, "batch_size": args.batch_size, "seq_len": args.seq_len,
-                                **profile.to_dict()})
+        _write_json(args.json, {"model": args.model, "config_only": args.config_only, "batch_size": args.batch_size,
+                                "seq_len": args.seq_len, **profile.to_dict()})
     return 0
 
 
 def _select(args) -> int:
     from .flops import measure_training_flops
-    from .importance import tensor_importance
+    from .importance import STRUCTURAL_METRICS, tensor_importance
     from .plots import format_flops
     from .profile import profile_model
     from .select import select_tensors
 
     if not 0 < args.rho <= 1:
         raise ValueError(f"--rho {args.rho} must be in (0, 1]")
+    metric = args.metric or ("uniform" if args.config_only else "taylor")
+    if args.config_only and metric not in STRUCTURAL_METRICS:
+        raise ValueError(f"--metric {metric} needs the model's weights; with --config-only use "
+                         f"{' or '.join(STRUCTURAL_METRICS)}")
     model, batches = _loaded(args)
     profile = profile_model(model, batches[0])
-    importance = tensor_importance(model, batches, metric=args.metric, profile=profile, seed=args.seed)
+    importance = tensor_importance(model, batches, metric=metric, profile=profile, seed=args.seed)
     selection = select_tensors(profile, importance, args.rho)
     measured = measure_training_flops(model, batches[0], selection.trainable)["total"]
     full = measure_training_flops(model, batches[0], profile.names)["total"]
@@ -172,8 +185,12 @@ def _select(args) -> int:
     print(f"\n{len(selection.trainable)} of {len(profile)} tensors at rho={args.rho}: predicted step FLOPs "
           f"{selection.predicted_ratio:.3f} of full fine-tuning, measured {measured / full:.3f} "
           f"({format_flops(measured)} of {format_flops(full)})")
+    if metric in STRUCTURAL_METRICS:
+        print(f"importance: {metric}, a structural one (no weights, no data): not the selection GreenTrainer would "
+              "learn")
     if args.json:
-        _write_json(args.json, {"model": args.model, **selection.to_dict(), "measured_ratio": measured / full,
+        _write_json(args.json, {"model": args.model, "config_only": args.config_only, "metric": metric,
+                                **selection.to_dict(), "measured_ratio": measured / full,
                                 "importance": importance.tolist(), "names": profile.names})
     return 0
 

@@ -8,6 +8,9 @@ one training step on the first batch and scores every tensor on all of them. The
     >>> selection = ex.select(0.5)
     >>> ex.measured_ratio(selection)["ratio"]   # FlopCounterMode on the cached batch
 
+With `config_only=True` the model is built from its config on the meta device (`greencore.meta`: any size, no
+weights, no data): the costs are exact, the importance is structural (`STRUCTURAL_METRICS`), never a learned one.
+
 The profile alone (no importance) is cached one level down by `profiled`, which the app also uses to draw a training
 run's recorded selections with their real per-tensor FLOPs. Cached models are shared by every caller: everything that
 runs them (profiling, importance, measuring) holds one process-wide lock.
@@ -26,9 +29,10 @@ import torch
 
 from .data import PROMPTS, load_summarization, sample_batches
 from .flops import measure_training_flops
-from .importance import IMPORTANCE_METRICS, tensor_importance
+from .importance import IMPORTANCE_METRICS, STRUCTURAL_METRICS, tensor_importance
+from .meta import load_config, meta_batch, meta_model
 from .models import check_batch_shape, load_model
-from .plots import tradeoff_curve
+from .plots import budget_reach, tradeoff_curve
 from .profile import TensorProfile, profile_model
 from .select import Selection, select_tensors
 
@@ -46,19 +50,28 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class ExploreSpec:
     """One choice to explore: model, data set, probe batch shape, importance metric, number of probe batches and the
-    prompt the probes are written in (`TrainConfig.prompt`'s choices; "auto" is what a training run uses by default)."""
+    prompt the probes are written in (`TrainConfig.prompt`'s choices; "auto" is what a training run uses by default).
+
+    `config_only` builds the model from its config on the meta device (`greencore.meta.load_config` names: a table
+    architecture, a config.json, a built-in, a hub id) and profiles one batch of full rows, every position scored;
+    the data set, prompt, probe batches and device then play no part. `metric` "auto" is taylor with weights and
+    uniform without; a config-only spec takes only a structural metric.
+    """
 
     model: str = "smollm2"
     dataset: str = "stdlib-tldr"
     batch_size: int = 4
     seq_len: int = 128
-    metric: str = "taylor"
+    metric: str = "auto"
     probe_batches: int = 2
     seed: int = 0
     device: str = "auto"
     prompt: str = "auto"
+    config_only: bool = False
 
     def __post_init__(self) -> None:
+        if self.metric == "auto":
+            object.__setattr__(self, "metric", "uniform" if self.config_only else "taylor")
         if not self.model or not self.model.strip():
             raise ValueError("model is empty: give a built-in name, a hub id or a local path")
         if not self.dataset or not self.dataset.strip():
@@ -71,10 +84,17 @@ class ExploreSpec:
             raise ValueError(f"metric={self.metric!r}: use one of {', '.join(IMPORTANCE_METRICS)}")
         if self.prompt not in PROMPTS:
             raise ValueError(f"prompt={self.prompt!r}: use one of {', '.join(PROMPTS)}")
+        if self.config_only and self.metric not in STRUCTURAL_METRICS:
+            raise ValueError(f"metric={self.metric!r} needs the model's weights; config only (no weights) takes a "
+                             f"structural metric: {' or '.join(STRUCTURAL_METRICS)}")
 
     @property
     def profile_key(self) -> "ExploreSpec":
-        """The part of the spec the profile depends on (everything but the metric)."""
+        """The part of the spec the profile depends on (everything but the metric; config only: the model and the
+        batch shape)."""
+        if self.config_only:
+            return ExploreSpec(model=self.model, batch_size=self.batch_size, seq_len=self.seq_len, seed=self.seed,
+                               config_only=True)
         return replace(self, metric="taylor")
 
 
@@ -108,9 +128,14 @@ class Exploration:
         return select_tensors(self.profile, self.importance, rho)
 
     def tradeoff(self, rho: float | None = None) -> go.Figure:
-        """`plots.tradeoff_curve` with `rho` marked; its 40 selections are computed once per exploration."""
+        """`plots.tradeoff_curve` with `rho` marked (config only: `plots.budget_reach`, which needs no importance);
+        its 40 selections are computed once per exploration."""
         if self._tradeoff is None:
-            self._tradeoff = tradeoff_curve(self.profile, self.importance)
+            if self.spec.config_only:
+                params = dict(self.profiled.model.named_parameters())
+                self._tradeoff = budget_reach(self.profile, [params[n].numel() for n in self.profile.names])
+            else:
+                self._tradeoff = tradeoff_curve(self.profile, self.importance)
         fig = go.Figure(self._tradeoff)
         if rho is not None:
             fig.add_vline(x=rho, line_dash="dash", annotation_text=f"rho = {rho:.2f}")
@@ -137,6 +162,13 @@ def profiled(spec: ExploreSpec, progress: Progress | None = None) -> Profiled:
     report = progress or (lambda fraction, message: None)
 
     def build() -> Profiled:
+        if spec.config_only:
+            report(0.0, f"building {spec.model} from its config on the meta device (no weights)")
+            model = meta_model(load_config(spec.model))
+            check_batch_shape(model, spec.batch_size, spec.seq_len)
+            batch = meta_batch(model, spec.batch_size, spec.seq_len, seed=spec.seed)
+            report(0.3, "profiling one training step")
+            return Profiled(spec.profile_key, model, [batch], profile_model(model, batch))
         report(0.0, f"loading {spec.model} (a first load converts or downloads it)")
         model, tokenizer = load_model(spec.model, seed=spec.seed, device=spec.device)
         model.train()
@@ -160,7 +192,8 @@ def explore(spec: ExploreSpec, progress: Progress | None = None) -> Exploration:
 
     def build() -> Exploration:
         base = profiled(spec, progress)
-        report(0.6, f"scoring importance ({spec.metric}) on {spec.probe_batches} probe batch(es)")
+        on = "" if spec.config_only else f" on {spec.probe_batches} probe batch(es)"
+        report(0.6, f"scoring importance ({spec.metric}){on}")
         importance = tensor_importance(base.model, base.batches, metric=spec.metric, profile=base.profile,
                                        seed=spec.seed)
         report(1.0, "done")

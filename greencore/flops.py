@@ -86,7 +86,7 @@ def model_loss(model: torch.nn.Module, batch: Mapping[str, Any]) -> torch.Tensor
             raise ValueError(f"the output head got hidden states of shape {tuple(hidden.shape)} for labels of shape "
                              f"{tuple(batch['labels'].shape)}: this model changes the sequence length (virtual "
                              f"tokens?); train it with its own loss (greencore.flops.own_loss)")
-        return (hidden[rows, cols],) + tuple(args[1:])
+        return (hidden[rows.to(hidden.device), cols.to(hidden.device)],) + tuple(args[1:])
 
     handle = head.register_forward_pre_hook(gather_scored)
     try:
@@ -94,11 +94,17 @@ def model_loss(model: torch.nn.Module, batch: Mapping[str, Any]) -> torch.Tensor
     finally:
         handle.remove()
     logits = out["logits"] if isinstance(out, Mapping) else out.logits
-    return torch.nn.functional.cross_entropy(logits.float(), wanted, ignore_index=IGNORE_INDEX)
+    return torch.nn.functional.cross_entropy(logits.float(), wanted.to(logits.device), ignore_index=IGNORE_INDEX)
 
 
 def own_loss(model: torch.nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
-    """The loss the model computes itself from the batch's `labels` (what `transformers.Trainer` backpropagates)."""
+    """The loss the model computes itself from the batch's `labels` (what `transformers.Trainer` backpropagates).
+
+    On a model whose weights are on the meta device, labels kept on the CPU (`greencore.meta.meta_batch`) join it
+    there: with every position scored, the model's own loss depends only on their shape.
+    """
+    if "labels" in batch and next(model.parameters()).device.type == "meta":
+        batch = {**batch, "labels": batch["labels"].to("meta")}
     out = model(**batch)
     loss = out.get("loss") if isinstance(out, Mapping) else getattr(out, "loss", None)
     if loss is None:

@@ -17,9 +17,14 @@ import torch
 from .flops import model_loss, rng_devices
 from .profile import TensorProfile, profile_model
 
-__all__ = ["IMPORTANCE_METRICS", "GradientReduce", "tensor_importance"]
+__all__ = ["IMPORTANCE_METRICS", "STRUCTURAL_METRICS", "GradientReduce", "tensor_importance"]
 
-IMPORTANCE_METRICS = ("taylor", "grad_l1", "fisher", "magnitude", "random")
+STRUCTURAL_METRICS = ("uniform", "params")
+"""Metrics that need neither data nor weights (so they work on a meta-device model): every tensor worth 1 (a
+selection then trains as many tensors as the budget allows), or worth its parameter count (as many parameters).
+They describe the architecture's costs, not what training would learn."""
+
+IMPORTANCE_METRICS = ("taylor", "grad_l1", "fisher", "magnitude", "random", *STRUCTURAL_METRICS)
 
 
 GradientReduce = Callable[[list[torch.Tensor], torch.Tensor], float]
@@ -43,7 +48,8 @@ def tensor_importance(
 
     `taylor` uses the update of `optimizer` (Adam, AdamW or SGD, with its current state) or of a fresh AdamW with
     default hyper-parameters. `grad_l1` is sum(|grad|), `fisher` sum(grad**2), `magnitude` sum(|w|) and `random`
-    a seeded uniform draw, for ablations.
+    a seeded uniform draw, for ablations; `uniform` (1 each) and `params` (the parameter count) are structural
+    (`STRUCTURAL_METRICS`).
 
     Data-parallel use: every process passes its own shard of the same probe batches, `weights[i]` (its shard's share
     of batch i's label tokens) and `reduce`; each batch's gradient is then scaled, summed over the processes and
@@ -60,6 +66,10 @@ def tensor_importance(
     tensors = [params[n] for n in profile.names]
     if metric == "random":
         return np.random.default_rng(seed).random(len(tensors))
+    if metric == "uniform":
+        return np.ones(len(tensors))
+    if metric == "params":
+        return np.array([float(t.numel()) for t in tensors])
     if metric == "magnitude":
         return np.array([float(t.detach().abs().sum()) for t in tensors])
     if not batches:

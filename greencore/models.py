@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import huggingface_hub
 import torch
@@ -47,8 +47,8 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-__all__ = ["BUILTIN_MODELS", "check_batch_shape", "estimated_step_bytes", "load_model", "resolve_device",
-           "smollm2_folder"]
+__all__ = ["BUILTIN_MODELS", "check_batch_shape", "check_findable", "estimated_step_bytes", "load_model",
+           "resolve_device", "smollm2_folder"]
 
 Loaded = tuple[PreTrainedModel, PreTrainedTokenizerBase]
 
@@ -107,6 +107,12 @@ def load_model(
     target = resolve_device(device)
     if dtype is not None and not isinstance(dtype, torch.dtype):
         raise ValueError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
+    from .meta import ARCHITECTURES
+
+    if name in ARCHITECTURES:
+        raise ValueError(f"{name!r} is an architecture without weights (greencore.meta.ARCHITECTURES): explore its "
+                         "costs with config only (ExploreSpec(config_only=True), `greencore profile --config-only`), "
+                         "or give a checkpoint's hub id or folder to load weights")
     builder = _BUILDERS.get(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -152,7 +158,10 @@ def estimated_step_bytes(config: PretrainedConfig, batch_size: int, seq_len: int
 
 
 def _free_memory(device: torch.device) -> float | None:
-    """Bytes free on `device` (CUDA: the driver's count; CPU: MemAvailable of /proc/meminfo), None if unknown."""
+    """Bytes free on `device` (CUDA: the driver's count; CPU: MemAvailable of /proc/meminfo), None if unknown or
+    unlimited (the meta device allocates nothing)."""
+    if device.type == "meta":
+        return None
     if device.type == "cuda":
         return float(torch.cuda.mem_get_info(device)[0])
     try:
@@ -394,14 +403,15 @@ _BUILDERS: dict[str, Callable[[], Loaded]] = {
 # ------------------------------------------------------------------------------------------ hub / local path
 
 
-def _check_findable(name: str) -> None:
+def check_findable(name: str, builtins: Sequence[str] = tuple(BUILTIN_MODELS)) -> None:
     """Fail at once, not after the hub client's retries, for a name that is no local folder, is not in the Hugging
-    Face cache and cannot be had from the hub: a misspelt built-in, any id while HF_HUB_OFFLINE is set, or an id the
-    hub does not know or cannot be reached for. Slash-less hub ids (`gpt2`) still load when the hub has them."""
+    Face cache and cannot be had from the hub: a misspelt built-in (one of `builtins`), any id while HF_HUB_OFFLINE
+    is set, or an id the hub does not know or cannot be reached for. Slash-less hub ids (`gpt2`) still load when the
+    hub has them."""
     if Path(name).expanduser().exists() or try_to_load_from_cache(name, "config.json") is not None:
         return  # from_pretrained reads these without the network
-    close = difflib.get_close_matches(name, list(BUILTIN_MODELS), n=1, cutoff=0.75)
-    where = (f"model {name!r} is not a built-in ({', '.join(BUILTIN_MODELS)}), not a local folder and not in the "
+    close = difflib.get_close_matches(name, list(builtins), n=1, cutoff=0.75)
+    where = (f"model {name!r} is not a built-in ({', '.join(builtins)}), not a local folder and not in the "
              "Hugging Face cache")
     if close and "/" not in name:
         raise ValueError(f"{where}: did you mean the built-in {close[0]!r}?")
@@ -421,7 +431,7 @@ def _check_findable(name: str) -> None:
 
 def _load_pretrained(name: str, trust_remote_code: bool) -> Loaded:
     """Load `name` as a Hugging Face hub id or local checkpoint directory, preferring eager attention."""
-    _check_findable(name)
+    check_findable(name)
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
         auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM

@@ -13,7 +13,6 @@ order (by their use nearest the loss), `t_dw[k]` (weight-gradient FLOPs of tenso
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -84,6 +83,12 @@ class TensorProfile:
         """Backward FLOPs (chain model) of training each tensor alone: its weight gradient plus the activation
         gradients down to it."""
         return self.t_dw + np.concatenate(([0.0], np.cumsum(self.t_dy)))[self.reach]
+
+    def deepest_trainable(self, rho: float) -> int:
+        """The deepest chain position (index, in backprop order) whose tensor a step within `rho` can train: alone,
+        with the activation gradients down to it (the chain model). -1 when rho trains nothing."""
+        fits = np.nonzero(self.t_fp + self.single_tensor_costs() <= rho * self.full_flops * (1 + 1e-12))[0]
+        return int(fits.max()) if len(fits) else -1
 
     def as_mask(self, trainable: Any) -> np.ndarray:
         """A boolean mask aligned with `names` from a mask, or from an iterable of tensor names."""
@@ -204,18 +209,20 @@ class _Op:
 class _Tracer(TorchDispatchMode):
     """Follows which trainable tensors every value depends on, at the level of the ops FlopCounterMode counts.
 
-    It decomposes ops exactly as FlopCounterMode does, so it sees the same ops. Values are identified by the address
-    of their data; every output is kept alive during the trace so no address is reused.
+    It decomposes ops exactly as FlopCounterMode does, so it sees the same ops. Values are identified by their storage
+    (`_address`, which works on the meta device too); every output is kept alive during the trace so no storage is
+    reused.
     """
 
     def __init__(self, trainable: list[torch.Tensor], constants: list[torch.Tensor]) -> None:
         super().__init__()
         self.registry = flop_registry()
-        spans = [(p.data_ptr(), p.data_ptr() + p.numel() * p.element_size(), 1 << (i + 1)) for i, p in enumerate(trainable)]
-        spans += [(c.data_ptr(), c.data_ptr() + c.numel() * c.element_size(), 0) for c in constants if c.numel()]
-        spans.sort()
-        self.span_starts = [s[0] for s in spans]
-        self.spans = spans
+        self.spans: dict[int, list[tuple[int, int, int]]] = {}  # storage -> (start, end, dependency bit) in bytes
+        for bit, tensors in [(0, constants)] + [(1 << (i + 1), [p]) for i, p in enumerate(trainable)]:
+            for t in tensors:
+                if t.numel():
+                    storage, start = _address(t)
+                    self.spans.setdefault(storage, []).append((start, start + t.numel() * t.element_size(), bit))
         self.values: dict[int, int] = {}
         self.keep: list[Any] = []
         self.ops: list[_Op] = []
@@ -223,13 +230,13 @@ class _Tracer(TorchDispatchMode):
         self.time = 0
 
     def dep(self, t: torch.Tensor) -> int:
-        if t.numel() == 0 or t.device.type == "meta":
+        if t.numel() == 0:
             return 0
-        ptr = t.data_ptr()
-        i = bisect.bisect_right(self.span_starts, ptr) - 1
-        if i >= 0 and ptr < self.spans[i][1]:
-            return self.spans[i][2]
-        return self.values.get(t.untyped_storage().data_ptr(), _ACT)
+        storage, offset = _address(t)
+        for start, end, bit in self.spans.get(storage, ()):
+            if start <= offset < end:
+                return bit
+        return self.values.get(storage, _ACT)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -263,12 +270,12 @@ class _Tracer(TorchDispatchMode):
         out_tensors = [x for x in tree_flatten(out)[0] if isinstance(x, torch.Tensor)]
         for t in out_tensors:
             if t.numel():
-                self.values[t.untyped_storage().data_ptr()] = combined
+                self.values[_address(t)[0]] = combined
         for i, arg in enumerate(func._schema.arguments):
             if arg.alias_info is not None and arg.alias_info.is_write:
                 target = args[i] if i < len(args) else kwargs.get(arg.name)
                 if isinstance(target, torch.Tensor) and target.numel():
-                    key = target.untyped_storage().data_ptr()
+                    key = _address(target)[0]
                     self.values[key] = self.values.get(key, 0) | combined
         self.keep.append(out)
         packet = func._overloadpacket
@@ -277,6 +284,12 @@ class _Tracer(TorchDispatchMode):
             spec_leaves = tuple(_leaf_spec(x) for x in leaves)
             self.ops.append(_Op(func, spec, spec_leaves, deps, self.time, int(flops)))
         self.time += 1
+
+
+def _address(t: torch.Tensor) -> tuple[int, int]:
+    """Where a tensor's data lives: (its storage, the byte offset into it). Unlike `data_ptr()` this also tells
+    tensors on the meta device apart, which have storages but no memory."""
+    return t.untyped_storage()._cdata, t.storage_offset() * t.element_size()
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,8 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
-def profile(rho=0.5, color_by="selected", current=None, **overrides):
-    return handlers.profile_choice(current, *{**TINY, **overrides}.values(), rho, color_by)
+def profile(rho=0.5, color_by="selected", current=None, config_only=False, **overrides):
+    return handlers.profile_choice(current, *{**TINY, **overrides}.values(), rho, color_by, config_only)
 
 
 def skipped(value) -> bool:
@@ -101,6 +101,39 @@ def test_explorations_are_cached_and_share_the_profile_across_metrics():
     fisher = explore(ExploreSpec(**{**TINY, "metric": "fisher"}))
     assert fisher.profiled is ex.profiled and not np.allclose(fisher.importance, ex.importance)
     assert ex.tradeoff(0.5).layout.shapes[0].x0 == 0.5 and not ex.tradeoff().layout.shapes
+
+
+def test_config_only_explore_is_labelled_structural():
+    spec, message, summary, heatmap, breakdown, tradeoff, selection = profile(model="llama-3-8b", metric="params",
+                                                                              config_only=True)
+    assert message == "" and spec.config_only and spec.metric == "params"
+    ex = explore(spec)
+    assert all(p.device.type == "meta" for p in ex.profiled.model.parameters())
+    sizes = [p.numel() for p in dict(ex.profiled.model.named_parameters()).values()]
+    expected = select_tensors(ex.profile, tensor_sizes(ex), 0.5)
+    assert selection["mask"] == expected.mask.tolist() and selected_cells(heatmap) == set(expected.trainable)
+    assert "Config only (no weights)" in summary and "not the selection GreenTrainer would learn" in summary
+    assert "not GreenTrainer's learned choice" in heatmap.layout.title.text
+    assert [t.name for t in tradeoff.data] == ["blocks backprop can reach", "most parameters trainable"]
+    assert "meta device" in handlers.measure_selection(spec, 0.5) and sum(sizes) == 8_030_261_248
+    # a data metric, or an architecture without config only, is a message
+    assert "needs the model's weights" in profile(model="llama-3-8b", config_only=True)[1]
+    assert "config only" in profile(model="llama-3-8b")[1]
+
+
+def test_explore_form_switches_with_config_only():
+    model, metric, dataset, probes = handlers.explore_form(True, "smollm2", "taylor")
+    assert "llama-3-70b" in model["choices"] and model["value"] == "smollm2"
+    assert metric["choices"] == ["uniform", "params"] and metric["value"] == "uniform"
+    assert dataset["interactive"] is False and probes["interactive"] is False
+    model, metric, dataset, probes = handlers.explore_form(False, "llama-3-70b", "params")
+    assert "llama-3-70b" not in model["choices"] and model["value"] == ExploreSpec().model
+    assert metric["value"] == "taylor" and dataset["interactive"] is True
+
+
+def tensor_sizes(ex) -> np.ndarray:
+    params = dict(ex.profiled.model.named_parameters())
+    return np.array([float(params[n].numel()) for n in ex.profile.names])
 
 
 def test_rho_below_the_minimum_and_invalid_rho_give_messages():

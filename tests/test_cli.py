@@ -40,7 +40,29 @@ def test_select_reports_predicted_and_measured_ratio(tmp_path, capsys):
     assert "measured" in capsys.readouterr().out
 
 
+def test_config_only_profile_and_select(tmp_path, capsys):
+    from greencore.meta import load_config, meta_batch, meta_model
+
+    out = tmp_path / "p.json"
+    assert main(["profile", "--config-only", "--model", "tiny-llama", "--batch-size", "2", "--seq-len", "48",
+                 "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    model = meta_model(load_config("tiny-llama"))
+    expected = profile_model(model, meta_batch(model, 2, 48))
+    assert data["config_only"] is True and data["names"] == expected.names and data["t_fp"] == expected.t_fp
+    np.testing.assert_array_equal(data["t_dy"], expected.t_dy)
+    out = tmp_path / "s.json"
+    assert main(["select", "--config-only", "--model", "tiny-llama", "--rho", "0.6", "--batch-size", "2",
+                 "--seq-len", "48", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["metric"] == "uniform" and data["importance"] == [1.0] * len(expected)
+    assert data["measured_ratio"] == pytest.approx(data["predicted_ratio"], rel=1e-12)
+    assert "not the selection GreenTrainer would learn" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv,fragment", [
+    (["select", "--config-only", "--model", "tiny-gpt2", "--rho", "0.5", "--metric", "fisher"], "needs the model's weights"),
+    (["profile", "--model", "llama-3-8b"], "architecture without weights"),
     (["select", "--model", "tiny-gpt2", "--rho", "0.1", "--seq-len", "64", "--probe-batches", "1"], "trains no tensor"),
     (["select", "--model", "tiny-gpt2", "--rho", "1.5"], "must be in (0, 1]"),
     (["select", "--rho", "x"], "invalid float"),

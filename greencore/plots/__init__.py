@@ -4,7 +4,8 @@ Every function returns a `plotly.graph_objects.Figure` built offline (nothing is
 and the same two colours for trained / frozen tensors (`style`). Empty inputs give an empty figure that says so;
 malformed inputs raise ValueError.
 
-    profiles.py  per-layer selection heatmap, FLOPs breakdown, rho trade-off, re-selection timeline, prediction check
+    profiles.py  per-layer selection heatmap, FLOPs breakdown, rho trade-off, what a budget can reach (costs only),
+                 re-selection timeline, prediction check
     runs.py      loss curves, FLOPs progress, ROUGE-L against FLOPs
     tables.py    FLOP counts as text, comparison table rows
     notebook.py  a figure as raw notebook outputs (redrawing in place, static images)
@@ -16,13 +17,15 @@ module of its kind and list it here.
 """
 
 from .notebook import figure_bundle
-from .profiles import flops_breakdown, prediction_check, selection_heatmap, selection_timeline, tradeoff_curve
+from .profiles import (budget_reach, flops_breakdown, prediction_check, selection_heatmap, selection_timeline,
+                       tradeoff_curve)
 from .runs import flops_progress, loss_curves, pareto
 from .style import COLOR_BY
 from .tables import comparison_rows, format_flops
 
 __all__ = [
     "COLOR_BY",
+    "budget_reach",
     "comparison_rows",
     "figure_bundle",
     "flops_breakdown",

@@ -16,7 +16,8 @@ from .style import (COLOR_BY, RUN_COLORS, TRAINED_COLOR, _SELECTED_COLORBAR, _SE
                     _figure, _number, _per_tensor)
 from .tables import format_flops
 
-__all__ = ["flops_breakdown", "prediction_check", "selection_heatmap", "selection_timeline", "tradeoff_curve"]
+__all__ = ["budget_reach", "flops_breakdown", "prediction_check", "selection_heatmap", "selection_timeline",
+           "tradeoff_curve"]
 
 # Heatmap column order: attention, cross-attention, MLP, norms, then embeddings and head; unknown types follow.
 _TYPE_ORDER = [
@@ -136,10 +137,10 @@ def flops_breakdown(
         forward, backward = (_number(lora_flops, key, "lora_flops") for key in ("forward", "backward"))
         bars["LoRA (measured)"] = (forward, backward, 0.0)
     else:
-        deepest = _deepest_lora_target(profile)
-        if deepest is not None:
+        reference = _lora_reference(profile)
+        if reference is not None:
             label = "LoRA q/v (reference:<br>from the profile,<br>no adapter FLOPs)"
-            bars[label] = (profile.t_fp, float(profile.t_dy[:deepest].sum()), 0.0)
+            bars[label] = (profile.t_fp, reference - profile.t_fp, 0.0)
 
     labels = list(bars)
     parts = {
@@ -235,6 +236,62 @@ def tradeoff_curve(
             hovertemplate="rho %{x:.3f}: %{y:.1%} of the positive importance<extra></extra>",
         )
     )
+    if current_rho is not None:
+        if not math.isfinite(current_rho) or not 0 < current_rho <= 1:
+            raise ValueError(f"current_rho={current_rho!r} must be a fraction in (0, 1]")
+        fig.add_vline(x=current_rho, line_dash="dash", annotation_text=f"rho = {current_rho:.2f}")
+    fig.update_xaxes(title_text="rho (FLOPs budget as a fraction of full fine-tuning)")
+    fig.update_yaxes(title_text="fraction", tickformat=".0%", range=[0, 1.05])
+    return fig
+
+
+def budget_reach(
+    profile: TensorProfile,
+    sizes: Sequence[int],
+    rhos: Sequence[float] | None = None,
+    current_rho: float | None = None,
+) -> go.Figure:
+    """What each rho can reach, from costs alone (no importance needed, so also for a model without weights).
+
+    Against rho: the share of the network's blocks the backward pass can reach (the deepest tensor that fits the
+    budget trained alone, and every block nearer the loss), and the largest share of the parameters any selection
+    can train (the exact selector with each tensor worth its parameter count, `sizes`, aligned with
+    `profile.names`). LoRA's step is marked for reference: its adapters sit in every block, so it pays the
+    activation gradient down to the first block whatever its rank. `rhos` defaults to 40 values from
+    `profile.min_training_rho` to 1.
+    """
+    title = "What a budget can reach (costs only)"
+    size = _per_tensor(sizes, len(profile), "sizes")
+    if len(profile) == 0:
+        return _empty_figure("The profile has no trainable tensors.", title)
+    layout = _checked_layout(profile.layout, profile.names)
+    grid = np.linspace(profile.min_training_rho, 1.0, 40) if rhos is None else np.sort(np.asarray(rhos, dtype=np.float64))
+    if grid.ndim != 1 or len(grid) == 0:
+        raise ValueError("rhos must be a non-empty sequence of numbers")
+    blocks = [None if lay.block is None else (lay.stack, lay.block) for lay in layout]
+    all_blocks = {b for b in blocks if b is not None}
+    depth, depth_text, trainable = [], [], []
+    for rho in grid:
+        deepest = profile.deepest_trainable(float(rho))
+        reached = {b for b in blocks[: deepest + 1] if b is not None}
+        depth.append(len(reached) / len(all_blocks) if all_blocks else float(deepest + 1) / len(profile))
+        depth_text.append(profile.names[deepest] if deepest >= 0 else "nothing")
+        selection = select_tensors(profile, size, float(rho))
+        trainable.append(float(size[selection.mask].sum() / size.sum()) if size.sum() > 0 else 0.0)
+
+    fig = _figure(title, height=440)
+    fig.add_trace(go.Scatter(x=grid, y=depth, name="blocks backprop can reach", mode="lines+markers",
+                             customdata=depth_text,
+                             hovertemplate="rho %{x:.3f}: %{y:.0%} of the blocks (deepest: %{customdata})"
+                                           "<extra></extra>"))
+    fig.add_trace(go.Scatter(x=grid, y=trainable, name="most parameters trainable", mode="lines+markers",
+                             line={"color": TRAINED_COLOR},
+                             hovertemplate="rho %{x:.3f}: at most %{y:.1%} of the parameters<extra></extra>"))
+    lora = _lora_reference(profile)
+    if lora is not None:
+        fig.add_vline(x=lora / profile.full_flops, line_dash="dot", line_color="#7f7f7f",
+                      annotation_text=f"LoRA q/v: {lora / profile.full_flops:.0%} at any rank",
+                      annotation_position="bottom right")
     if current_rho is not None:
         if not math.isfinite(current_rho) or not 0 < current_rho <= 1:
             raise ValueError(f"current_rho={current_rho!r} must be a fraction in (0, 1]")
@@ -392,7 +449,9 @@ def _type_key(kind: str) -> tuple[int, str, int, str, int]:
     return rank, base, _PARAM_ORDER.get(param, len(_PARAM_ORDER)), param, dup
 
 
-def _deepest_lora_target(profile: TensorProfile) -> int | None:
-    """Index of the deepest attention query/value weight (where LoRA's activation gradient must reach)."""
+def _lora_reference(profile: TensorProfile) -> float | None:
+    """Step FLOPs of LoRA on the attention query/value weights, from the profile: the forward pass plus the
+    activation gradients down to the deepest of them, no weight gradients and no adapter FLOPs (None without
+    such tensors)."""
     targets = [k for k, lay in enumerate(profile.layout) if _split_type(lay.type)[:2] in _LORA_TARGETS]
-    return max(targets) if targets else None
+    return float(profile.t_fp + profile.t_dy[: max(targets)].sum()) if targets else None

@@ -44,7 +44,8 @@ class TrainConfig:
     interval: int = _setting(1, "re-select every this many epochs (or steps, with --interval-unit step)")
     interval_unit: str = _setting("epoch", "unit of --interval", choices=("epoch", "step"))
     probe_batches: int = _setting(2, "batches the importance of each re-selection is averaged over")
-    metric: str = _setting("taylor", "importance metric of green: taylor, grad_l1, fisher, magnitude or random")
+    metric: str = _setting("taylor", "importance metric of green: taylor, grad_l1, fisher, magnitude, random, or "
+                                      "the structural uniform or params")
     k: int | None = _setting(2, "blocks trained by top-k")
     lora_r: int = _setting(8, "LoRA rank")
     lora_alpha: int = _setting(32, "LoRA scaling alpha")
