@@ -144,3 +144,15 @@ def test_speed_and_overhead(results):
         assert r["seconds"] > 0 and r["flops"] > 0
         assert r["flops_share_of_green_epoch"] > r["flops_share_of_full_epoch"] > 0
     assert 0 < overhead["epoch"]["measured_ratio"] <= overhead["rho"] + 0.03
+
+
+def test_full_size_profiles_allocate_no_weights(results):
+    data = load(results[0], "full_size_quick")
+    rows = {r["model"]: r for r in data["rows"]}
+    big = rows["llama-3-8b"]
+    assert big["parameters"] == 8_030_261_248 and big["tensors"] == 32 * 9 + 3
+    assert big["full"] == 3 * big["t_fp"] and big["t_fp"] + big["t_dy"] + big["t_dw"] == big["full"]
+    # 30 GiB of fp32 weights would be needed; the process grew by far less than one of its 32 blocks' weights
+    assert big["fp32_weight_gib"] > 29 and big["peak_rss_mib"] - data["baseline_peak_rss_mib"] < 512
+    assert 0 < big["most_parameters_share"] < 1 and 0 < big["blocks_reached"] < 32
+    assert data["largest"]["model"] == "llama-3-8b" and data["largest"]["met"]
