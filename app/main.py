@@ -71,7 +71,7 @@ def build_app(runs_dir: str | Path = Path("runs"), *, explore_defaults: ExploreS
                 batch_size = gr.Number(d.batch_size, label="batch size")
                 seq_len = gr.Number(d.seq_len, label="sequence length")
                 probe_batches = gr.Number(d.probe_batches, label="probe batches")
-                profile_button = gr.Button("Profile", variant="primary")
+                profile_button = gr.Button("Profile", variant="primary", elem_id="profile-button")
             rho = gr.Slider(0.05, 1.0, value=t.rho, step=0.01, label="rho (step FLOPs budget, fraction of full)",
                             elem_id="rho")
             explore_message = gr.Markdown(elem_id="explore-message")

@@ -333,6 +333,16 @@ def test_served_app_selects_per_session(served):
     assert "press **Profile**" in fresh.predict(0.5, "selected", api_name="/select")[0]
 
 
+def test_served_app_profiles_a_config_only_model(served):
+    from gradio_client import Client
+
+    client = Client(served, verbose=False, analytics_enabled=False)
+    message, summary, *_ = client.predict("llama-3-70b", "stdlib-tldr", 1, 64, "params", 1, 0.5, "selected", True,
+                                          api_name="/profile")
+    assert message == "" and "Config only (no weights)" in summary and "llama-3-70b" in summary
+    assert "meta device" in client.predict(0.5, api_name="/measure")
+
+
 def test_runs_started_together_train_one_at_a_time_and_match_a_run_alone(tmp_path):
     """Issue 11, item 4: two runs started at once used to share the process's RNGs and both change their numbers."""
     runs, alone = start(tmp_path / "alone")

@@ -118,6 +118,14 @@ def test_app_in_a_browser(url, browser):
     set_number(browser, "#rho input[type='number']", 0.6)
     wait(browser, lambda d: "rho = 0.60" in text_of(d, "explore-summary"))
     screenshot(browser, "explore")
+    # config only: the metric list turns structural, and a profile says it has no weights
+    browser.find_element(By.CSS_SELECTOR, "#config-only input[type='checkbox']").click()
+    wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#explore-metric input").get_attribute("value")
+         == "uniform")
+    browser.find_element(By.ID, "profile-button").click()
+    wait(browser, lambda d: "Config only (no weights)" in text_of(d, "explore-summary"))
+    assert "not GreenTrainer's learned choice" in browser.find_element(By.ID, "explore-heatmap").text
+    screenshot(browser, "explore-config-only")
 
     # Train: a short green run, followed live until it finishes
     open_tab(browser, "Train")
