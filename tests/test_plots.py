@@ -485,3 +485,20 @@ def test_figure_bundle_holds_what_the_default_renderers_show(monkeypatch):
     image = base64.b64decode(plots.figure_bundle(fig)["image/png"])
     assert image[:8] == b"\x89PNG\r\n\x1a\n"
     assert int.from_bytes(image[16:20], "big") == 300 and int.from_bytes(image[20:24], "big") == 200
+
+
+def test_budget_reach_against_hand_costs():
+    profile = hand_profile()
+    sizes = [10, 1, 40, 10, 1, 10, 50]
+    # q.bias (position 4, block 1) alone costs its t_dw plus the t_dy of the four positions above it
+    just_bias = (T_FP + 2e3 + 6e6) / FULL
+    fig = plots.budget_reach(profile, sizes, rhos=[just_bias, 1.0], current_rho=0.9)
+    reach, params = fig.data
+    assert list(reach.y) == [0.5, 1.0]  # block 1 of the two, then both
+    assert list(reach.customdata) == ["b1.q.bias", "embed.weight"]
+    best = select_tensors(profile, np.array(sizes, dtype=float), just_bias)
+    assert params.y[0] == pytest.approx(np.array(sizes)[best.mask].sum() / sum(sizes)) and params.y[1] == 1.0
+    lines = sorted(shape.x0 for shape in fig.layout.shapes)
+    assert lines == pytest.approx([(T_FP + 6.5e6) / FULL, 0.9])  # LoRA: activation gradients down to b0.v
+    with pytest.raises(ValueError, match="sizes"):
+        plots.budget_reach(profile, sizes[:-1])

@@ -197,9 +197,7 @@ def tradeoff_curve(
     imp = _per_tensor(importance, len(profile), "importance")
     if len(profile) == 0:
         return _empty_figure("The profile has no trainable tensors.", "FLOPs and importance against rho")
-    grid = np.linspace(profile.min_training_rho, 1.0, 40) if rhos is None else np.sort(np.asarray(rhos, dtype=np.float64))
-    if grid.ndim != 1 or len(grid) == 0:
-        raise ValueError("rhos must be a non-empty sequence of numbers")
+    grid = _rho_grid(profile, rhos)
     selections = [select_tensors(profile, imp, float(rho)) for rho in grid]
     positive = float(imp[imp > 0].sum())
     share = [s.objective / positive if positive > 0 else 0.0 for s in selections]
@@ -236,13 +234,7 @@ def tradeoff_curve(
             hovertemplate="rho %{x:.3f}: %{y:.1%} of the positive importance<extra></extra>",
         )
     )
-    if current_rho is not None:
-        if not math.isfinite(current_rho) or not 0 < current_rho <= 1:
-            raise ValueError(f"current_rho={current_rho!r} must be a fraction in (0, 1]")
-        fig.add_vline(x=current_rho, line_dash="dash", annotation_text=f"rho = {current_rho:.2f}")
-    fig.update_xaxes(title_text="rho (FLOPs budget as a fraction of full fine-tuning)")
-    fig.update_yaxes(title_text="fraction", tickformat=".0%", range=[0, 1.05])
-    return fig
+    return _against_rho(fig, current_rho)
 
 
 def budget_reach(
@@ -265,9 +257,7 @@ def budget_reach(
     if len(profile) == 0:
         return _empty_figure("The profile has no trainable tensors.", title)
     layout = _checked_layout(profile.layout, profile.names)
-    grid = np.linspace(profile.min_training_rho, 1.0, 40) if rhos is None else np.sort(np.asarray(rhos, dtype=np.float64))
-    if grid.ndim != 1 or len(grid) == 0:
-        raise ValueError("rhos must be a non-empty sequence of numbers")
+    grid = _rho_grid(profile, rhos)
     blocks = [None if lay.block is None else (lay.stack, lay.block) for lay in layout]
     all_blocks = {b for b in blocks if b is not None}
     depth, depth_text, trainable = [], [], []
@@ -292,6 +282,19 @@ def budget_reach(
         fig.add_vline(x=lora / profile.full_flops, line_dash="dot", line_color="#7f7f7f",
                       annotation_text=f"LoRA q/v: {lora / profile.full_flops:.0%} at any rank",
                       annotation_position="bottom right")
+    return _against_rho(fig, current_rho)
+
+
+def _rho_grid(profile: TensorProfile, rhos: Sequence[float] | None) -> np.ndarray:
+    """The rho values of a curve: `rhos` sorted, or 40 from the smallest that trains a tensor to 1."""
+    grid = np.linspace(profile.min_training_rho, 1.0, 40) if rhos is None else np.sort(np.asarray(rhos, dtype=np.float64))
+    if grid.ndim != 1 or len(grid) == 0:
+        raise ValueError("rhos must be a non-empty sequence of numbers")
+    return grid
+
+
+def _against_rho(fig: go.Figure, current_rho: float | None) -> go.Figure:
+    """The axes of a curve against rho (fractions), with `current_rho` marked by a dashed line."""
     if current_rho is not None:
         if not math.isfinite(current_rho) or not 0 < current_rho <= 1:
             raise ValueError(f"current_rho={current_rho!r} must be a fraction in (0, 1]")
