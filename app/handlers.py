@@ -45,8 +45,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SKIP = gr.skip()  # "leave this output as it is"
-COMPARE_COLUMNS = ["run", "scheme", "rho", "FLOPs", "savings", "time", "ROUGE-1", "ROUGE-2", "ROUGE-L", "status",
-                   "directory"]
+COMPARE_COLUMNS = ["run", "scheme", "rho", "FLOPs", "savings", "time", "energy", "CO2", "energy saved", "ROUGE-1",
+                   "ROUGE-2", "ROUGE-L", "status", "directory"]
+PARETO_AXES = {"training FLOPs": "flops", "training energy": "energy"}
 
 
 class ExploreView(NamedTuple):
@@ -319,7 +320,7 @@ def live_view(runs: list[str], last: Any = None) -> tuple[Any, Any, Any, Any]:
     rows = "".join(_status_row(path, rec) for path, rec in zip(runs, records))
     table = (
         "<table class='gc-runs'><tr><th>run</th><th>status</th><th>progress</th><th>last loss</th>"
-        f"<th>FLOPs so far (vs full fine-tuning)</th></tr>{rows}</table>"
+        f"<th>FLOPs so far (vs full fine-tuning)</th><th>energy and CO2 so far</th></tr>{rows}</table>"
         if runs
         else "<p>No runs started in this session yet.</p>"
     )
@@ -405,17 +406,21 @@ def _status_row(path: str, record: RunRecord | None) -> str:
             if last["flops_full"]
             else plots.format_flops(last["flops"])
         )
+        energy = "off (--no-energy)" if last.get("energy_kwh") is None else (
+            f"{plots.format_energy(last['energy_kwh'])}, {plots.format_co2(last['co2_kg'])} CO2 "
+            f"({plots.energy_tag({'method': last.get('energy_method')})})")
     else:
-        progress, loss, spent = "<progress></progress> loading", "-", "-"
-    cells = (label, status, None, loss, spent)
+        progress, loss, spent, energy = "<progress></progress> loading", "-", "-", "-"
+    cells = (label, status, None, loss, spent, energy)
     return "<tr>" + "".join(f"<td>{progress if c is None else html.escape(c)}</td>" for c in cells) + "</tr>"
 
 
 # ----------------------------------------------------------------------------------------------------------- Compare
 
 
-def compare_runs(runs_dir: str | Path) -> tuple[str, pd.DataFrame, Any]:
-    """Every run with a summary under `runs_dir` (app and CLI runs alike): a table and ROUGE-L against FLOPs.
+def compare_runs(runs_dir: str | Path, axis: str = "training FLOPs") -> tuple[str, pd.DataFrame, Any]:
+    """Every run with a summary under `runs_dir` (app and CLI runs alike): a table and ROUGE-L against training
+    FLOPs or energy (`axis`, a key of PARETO_AXES).
 
     A damaged run is listed with its folder and what is wrong, after the others, and hides none of them."""
     runs_dir = Path(runs_dir)
@@ -430,7 +435,7 @@ def compare_runs(runs_dir: str | Path) -> tuple[str, pd.DataFrame, Any]:
         ]
         rows += [{"run": rec.path.name, "status": f"damaged: {rec.damaged}",
                   "directory": str(rec.path.relative_to(runs_dir))} for rec in damaged]
-        figure = plots.pareto(summaries)
+        figure = plots.pareto(summaries, x=PARETO_AXES.get(axis, "flops"))
     except Exception as err:
         return _problem(err), pd.DataFrame(columns=COMPARE_COLUMNS), None
     message = f"{len(records)} run(s) with a summary" if records else "No finished runs"

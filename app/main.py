@@ -127,11 +127,13 @@ def build_app(runs_dir: str | Path = Path("runs"), *, explore_defaults: ExploreS
 
         with gr.Tab("Compare", id="compare") as compare_tab:
             with gr.Row():
-                compare_message = gr.Markdown(scale=4)
+                compare_message = gr.Markdown(scale=3)
+                pareto_axis = gr.Radio(list(handlers.PARETO_AXES), value="training FLOPs", label="x axis", scale=2,
+                                       elem_id="pareto-axis")
                 refresh = gr.Button("Refresh", scale=1)
             table = gr.Dataframe(headers=handlers.COMPARE_COLUMNS, label="runs", interactive=False, wrap=True,
                                  elem_id="compare-table")
-            pareto = gr.Plot(label="ROUGE-L against training FLOPs", elem_id="pareto")
+            pareto = gr.Plot(label="ROUGE-L against training FLOPs or energy", elem_id="pareto")
 
         # Explore
         explore_inputs = [spec_state, model, dataset, batch_size, seq_len, metric, probe_batches, rho, color_by,
@@ -164,8 +166,10 @@ def build_app(runs_dir: str | Path = Path("runs"), *, explore_defaults: ExploreS
                            selection_outputs, api_visibility="private", show_progress="hidden")
 
         # Compare
-        compare = {"fn": partial(handlers.compare_runs, runs_dir), "outputs": [compare_message, table, pareto]}
+        compare = {"fn": partial(handlers.compare_runs, runs_dir), "inputs": [pareto_axis],
+                   "outputs": [compare_message, table, pareto]}
         refresh.click(**compare, api_name="compare")
+        pareto_axis.change(**compare, api_visibility="private")
         compare_tab.select(**compare, api_visibility="private")
         demo.load(**compare, api_visibility="private")
     return demo

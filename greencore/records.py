@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 if TYPE_CHECKING:
     from .profile import TensorProfile
 
-__all__ = ["DoneEvent", "EvalRow", "PROFILE_FILE", "RUN_MARKER", "RunRecord", "RunWriter", "SelectionRow", "Summary",
+__all__ = ["DoneEvent", "EnergyReport", "EvalRow", "PROFILE_FILE", "PhaseEnergy", "RUN_MARKER", "RunRecord", "RunWriter", "SelectionRow", "Summary",
            "ResumeEvent", "TrainRow", "check_run_directory", "checkpoint_problem", "checkpoints", "is_run_directory",
            "latest_checkpoint", "list_runs", "load_run", "read_json", "remove_run", "write_json_atomic"]
 
@@ -86,6 +86,9 @@ class TrainRow(TypedDict):
     flops_full: float  # what full fine-tuning would have spent on the same batches
     time: float
     total_steps: int
+    energy_kwh: float | None  # training energy so far (selections included), all ranks; None with --no-energy
+    co2_kg: float | None
+    energy_method: str | None  # this process's (`EnergyMeter.method`): "estimated: ..." or "measured: ..."
 
 
 class EvalRow(TypedDict, total=False):
@@ -125,6 +128,23 @@ class SelectionRow(TypedDict, total=False):
     seconds: float
 
 
+class PhaseEnergy(TypedDict):
+    kwh: float
+    co2_kg: float
+
+
+class EnergyReport(TypedDict):
+    """`Summary.energy`: codecarbon's offline figures per phase, summed over the ranks (`greencore.energy`)."""
+
+    training: PhaseEnergy  # training steps and selections
+    evaluation: PhaseEnergy  # validation losses, generation and ROUGE
+    accounting: PhaseEnergy  # measuring full fine-tuning's FLOPs per batch shape (not part of the run's cost)
+    method: str | None  # "estimated: ..." or "measured: nvml (GPU), ..." (see EnergyMeter.method)
+    grid_g_per_kwh: float | None  # g CO2 per kWh the CO2 was computed with
+    grid_source: str
+    per_rank: list[dict[str, PhaseEnergy]]
+
+
 class Summary(TypedDict, total=False):
     """`summary.json`: the run's totals; FLOPs summed over the ranks, times and memory the largest of any rank."""
 
@@ -152,6 +172,7 @@ class Summary(TypedDict, total=False):
     selection_seconds: float
     eval_seconds: float
     peak_memory_bytes: int | None
+    energy: EnergyReport | None  # None with --no-energy
     trainable_params: int
     total_params: int
     train_examples: int

@@ -195,6 +195,9 @@ def test_training_run_through_the_handler_shows_its_curves(tmp_path):
     background.get(path).thread.join(120)
     status, loss, flops, signature = handlers.live_view(runs)
     assert "finished" in status
+    last = [r for r in load_run(path).metrics if r["type"] == "train"][-1]
+    tag = plots.energy_tag({"method": last["energy_method"]})  # "estimated" on a machine without power counters
+    assert f"{plots.format_energy(last['energy_kwh'])}, {plots.format_co2(last['co2_kg'])} CO2 ({tag})" in status
     names = [t.name for t in loss.data]
     assert any(n.endswith("(train)") for n in names) and any(n.endswith("(validation)") for n in names)
     assert len(loss.data[0].x) == 3
@@ -287,6 +290,16 @@ def test_compare_lists_runs_written_by_the_engine(tmp_path):
     assert rows.loc["cli/green-0.6", "rho"] == "0.6" and rows.loc["cli/green-0.6", "ROUGE-L"] == "-"
     assert rows.loc["cli/full", "ROUGE-L"] != "-"
     assert [t.name for t in pareto.data][0] == "full"  # only the scored run is a point
+    # the same steps on the same data: green's energy saving is measured against the full run
+    green = load_run(tmp_path / "cli" / "green-0.6").summary
+    full = load_run(tmp_path / "cli" / "full").summary
+    saved = 1 - green["energy"]["training"]["kwh"] / full["energy"]["training"]["kwh"]
+    assert rows.loc["cli/green-0.6", "energy saved"] == f"{100 * saved:.1f}%"
+    tag = plots.energy_tag(full["energy"])
+    assert rows.loc["cli/full", "energy"].endswith(f"({tag})") and rows.loc["cli/full", "CO2"].endswith(f"({tag})")
+    _, _, by_energy = handlers.compare_runs(tmp_path, "training energy")
+    assert list(by_energy.data[0].x) == [full["energy"]["training"]["kwh"]]
+    assert "training energy" in by_energy.layout.xaxis.title.text
 
 
 def test_compare_of_an_empty_directory(tmp_path):

@@ -225,6 +225,19 @@ def test_engine_ranks_train_identical_tensors_and_match_a_single_process_run(lau
     assert dist_summary["flops_training"] == pytest.approx(single["flops_training"], rel=0.05)
 
 
+def test_energy_is_summed_over_the_ranks(launched):
+    out, _, _ = launched
+    energy = json.loads((out / "run" / "summary.json").read_text())["energy"]
+    assert len(energy["per_rank"]) == 2
+    for phase in ("training", "evaluation", "accounting"):
+        for key in ("kwh", "co2_kg"):
+            assert energy[phase][key] == pytest.approx(sum(r[phase][key] for r in energy["per_rank"]), rel=1e-12)
+    assert all(r["training"]["kwh"] > 0 for r in energy["per_rank"])  # each rank tracked its own process
+    rows = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rows if r["type"] == "train"][-1]
+    assert 0 < last["energy_kwh"] <= energy["training"]["kwh"]  # live rows: both ranks' training energy so far
+
+
 def test_engine_resumes_a_distributed_run_exactly(launched):
     """Rank 0 alone is asked to stop after step 1; every rank stops there, and the resumed run ends exactly as
     the uninterrupted one."""

@@ -6,8 +6,8 @@ malformed inputs raise ValueError.
 
     profiles.py  per-layer selection heatmap, FLOPs breakdown, rho trade-off, what a budget can reach (costs only),
                  re-selection timeline, prediction check
-    runs.py      loss curves, FLOPs progress, ROUGE-L against FLOPs
-    tables.py    FLOP counts as text, comparison table rows
+    runs.py      loss curves, FLOPs progress, ROUGE-L against FLOPs or energy
+    tables.py    FLOP counts, energy and CO2 as text, comparison table rows
     notebook.py  a figure as raw notebook outputs (redrawing in place, static images)
     style.py     the shared template, colours and input checks
 
@@ -21,15 +21,18 @@ from .profiles import (budget_reach, flops_breakdown, prediction_check, selectio
                        tradeoff_curve)
 from .runs import flops_progress, loss_curves, pareto
 from .style import COLOR_BY
-from .tables import comparison_rows, format_flops
+from .tables import comparison_rows, energy_tag, format_co2, format_energy, format_flops
 
 __all__ = [
     "COLOR_BY",
     "budget_reach",
     "comparison_rows",
+    "energy_tag",
     "figure_bundle",
     "flops_breakdown",
     "flops_progress",
+    "format_co2",
+    "format_energy",
     "format_flops",
     "loss_curves",
     "pareto",

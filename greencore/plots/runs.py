@@ -7,7 +7,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import plotly.graph_objects as go
 
 from .style import RUN_COLORS, _empty_figure, _field, _figure, _number
-from .tables import _rouge, _run_label, _savings, format_flops
+from .tables import _rouge, _run_label, _savings, energy_tag, format_co2, format_energy, format_flops
 
 __all__ = ["flops_progress", "loss_curves", "pareto"]
 
@@ -87,29 +87,44 @@ def flops_progress(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> go.Figure
 class _RunPoint(NamedTuple):
     scheme: str
     label: str
-    flops: float
-    savings: float | None
+    x: float  # the cost the x axis shows
     rouge_l: float
+    hover: str
+
+
+_PARETO_X = {
+    "flops": ("ROUGE-L against training FLOPs", "training FLOPs (measured, incl. selection)"),
+    "savings": ("ROUGE-L against FLOPs saved", "FLOPs saved vs full fine-tuning (%)"),
+    "energy": ("ROUGE-L against training energy", "training energy (kWh, incl. selection; {method})"),
+}
 
 
 def pareto(summaries: Sequence[Mapping[str, Any]], x: str = "flops") -> go.Figure:
-    """ROUGE-L against training FLOPs (`x="flops"`) or FLOPs saved (`x="savings"`), one point per run.
+    """ROUGE-L against training FLOPs (`x="flops"`), FLOPs saved (`x="savings"`) or training energy
+    (`x="energy"`, codecarbon's figure, its method on the axis), one point per run.
 
-    Points are coloured by scheme and labelled by run; runs without a ROUGE-L score (or, for "savings", without a
-    FLOPs ratio) are left out. The dashed line joins the runs no other run beats on both axes.
+    Points are coloured by scheme and labelled by run; runs without a ROUGE-L score (or without the x axis' figure:
+    a FLOPs ratio, an energy record) are left out. The dashed line joins the runs no other run beats on both axes.
     """
-    if x not in ("flops", "savings"):
-        raise ValueError(f"x={x!r} must be 'flops' or 'savings'")
-    title = "ROUGE-L against training FLOPs" if x == "flops" else "ROUGE-L against FLOPs saved"
-    points = []
+    if x not in _PARETO_X:
+        raise ValueError(f"x={x!r} must be one of {', '.join(_PARETO_X)}")
+    title, axis = _PARETO_X[x]
+    points, methods = [], set()
     for s in summaries:
-        rouge, savings = _rouge(s, "rougeL"), _savings(s)
-        if rouge is None or (x == "savings" and savings is None):
+        rouge, savings, energy = _rouge(s, "rougeL"), _savings(s), s.get("energy")
+        if rouge is None or (x == "savings" and savings is None) or (x == "energy" and not energy):
             continue
         flops = _number(s, "flops_total", "summary")
-        points.append(_RunPoint(str(_field(s, "scheme", "summary")), _run_label(s), flops, savings, rouge))
+        hover = f"{format_flops(flops)} ({'n/a' if savings is None else f'{savings:.1f}%'} saved)"
+        if energy:
+            hover += f"<br>{format_energy(energy['training']['kwh'])}, {format_co2(energy['training']['co2_kg'])} CO2 " \
+                     f"({energy_tag(energy)})"
+            methods.add(energy_tag(energy))
+        cost = {"flops": flops, "savings": savings, "energy": energy["training"]["kwh"] if energy else None}[x]
+        points.append(_RunPoint(str(_field(s, "scheme", "summary")), _run_label(s), cost, rouge, hover))
     if not points:
-        return _empty_figure("No run with a ROUGE-L score yet.", title)
+        return _empty_figure("No run with a ROUGE-L score yet." if x != "energy"
+                             else "No run with a ROUGE-L score and an energy record yet.", title)
 
     fig = _figure(title, height=480)
     schemes = list(dict.fromkeys(p.scheme for p in points))
@@ -117,22 +132,23 @@ def pareto(summaries: Sequence[Mapping[str, Any]], x: str = "flops") -> go.Figur
         mine = [p for p in points if p.scheme == scheme]
         fig.add_trace(
             go.Scatter(
-                x=[p.flops if x == "flops" else p.savings for p in mine],
+                x=[p.x for p in mine],
                 y=[p.rouge_l for p in mine],
                 name=scheme,
                 mode="markers+text",
                 text=[p.label for p in mine],
                 textposition="top center",
                 marker={"size": 11, "color": RUN_COLORS[i % len(RUN_COLORS)]},
-                customdata=[[format_flops(p.flops), "n/a" if p.savings is None else f"{p.savings:.1f}%"] for p in mine],
-                hovertemplate="%{text}<br>%{customdata[0]} (%{customdata[1]} saved)<br>ROUGE-L %{y:.1f}<extra></extra>",
+                customdata=[[p.hover] for p in mine],
+                hovertemplate="%{text}<br>%{customdata[0]}<br>ROUGE-L %{y:.1f}<extra></extra>",
             )
         )
-    # Lower FLOPs or higher savings is better: the front is computed on the cost the x axis shows.
-    front = _pareto_front([(p.flops if x == "flops" else -p.savings, p.rouge_l) for p in points])
+    # Lower FLOPs or energy, or higher savings, is better: the front is computed on the cost the x axis shows.
+    sign = -1.0 if x == "savings" else 1.0
+    front = _pareto_front([(sign * p.x, p.rouge_l) for p in points])
     fig.add_trace(
         go.Scatter(
-            x=[cost if x == "flops" else -cost for cost, _ in front],
+            x=[sign * cost for cost, _ in front],
             y=[score for _, score in front],
             name="Pareto front",
             mode="lines",
@@ -140,10 +156,8 @@ def pareto(summaries: Sequence[Mapping[str, Any]], x: str = "flops") -> go.Figur
             hoverinfo="skip",
         )
     )
-    if x == "flops":
-        fig.update_xaxes(title_text="training FLOPs (measured, incl. selection)", tickformat="~s")
-    else:
-        fig.update_xaxes(title_text="FLOPs saved vs full fine-tuning (%)")
+    fig.update_xaxes(title_text=axis.format(method=", ".join(sorted(methods))),
+                     tickformat="~s" if x == "flops" else None)
     fig.update_yaxes(title_text="ROUGE-L")
     return fig
 

@@ -7,28 +7,59 @@ from typing import Any, Mapping, Sequence
 
 from .style import _field, _number
 
-__all__ = ["comparison_rows", "format_flops"]
+__all__ = ["comparison_rows", "energy_tag", "format_co2", "format_energy", "format_flops"]
 
 _FLOPS_UNITS = ("FLOPs", "kFLOPs", "MFLOPs", "GFLOPs", "TFLOPs", "PFLOPs", "EFLOPs", "ZFLOPs")
 
 
 def format_flops(x: float) -> str:
     """A FLOP count with an SI unit and three significant digits, e.g. "12.3 GFLOPs"."""
-    value = float(x)
+    return _scaled(float(x), _FLOPS_UNITS)
+
+
+def format_energy(kwh: float) -> str:
+    """Energy with a unit and three significant digits: "2.83 mWh", "1.2 kWh"."""
+    return _scaled(float(kwh) * 1e6, ("mWh", "Wh", "kWh", "MWh"))
+
+
+def format_co2(kg: float) -> str:
+    """A mass of CO2 with a unit and three significant digits: "1.34 mg", "4.1 g", "2 t"."""
+    return _scaled(float(kg) * 1e6, ("mg", "g", "kg", "t"))
+
+
+def energy_tag(energy: Mapping[str, Any]) -> str:
+    """"measured", "estimated" or "partly measured", from a summary's `energy.method` (EnergyMeter.method)."""
+    method = energy.get("method") or "estimated"
+    if "measured:" in method and "estimated:" not in method:
+        return "measured"
+    return "partly measured" if "measured:" in method else "estimated"
+
+
+def _scaled(value: float, units: tuple[str, ...]) -> str:
+    """`value` in units[0], shown in the largest of `units` (each 1000 times the one before) that keeps it >= 1."""
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"FLOPs must be a finite number >= 0, got {x!r}")
-    exponent = 0
-    while float(f"{value:.3g}") >= 1000 and exponent < len(_FLOPS_UNITS) - 1:
+        raise ValueError(f"{units[0]} must be a finite number >= 0, got {value!r}")
+    index = 0
+    while float(f"{value:.3g}") >= 1000 and index < len(units) - 1:
         value /= 1000
-        exponent += 1
-    return f"{value:.3g} {_FLOPS_UNITS[exponent]}"
+        index += 1
+    return f"{value:.3g} {units[index]}"
 
 
 def comparison_rows(summaries: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
-    """One table row of display strings per run: scheme, rho, FLOPs, savings, time and ROUGE-1/2/L ("-": none)."""
+    """One table row of display strings per run: scheme, rho, FLOPs, savings, time, training energy and CO2 (with
+    their method), the energy saved against a full run of the same model, data and steps among `summaries`
+    (measured; "no full run" when there is none to compare with) and ROUGE-1/2/L ("-": none)."""
+    from ..energy import energy_savings
+
     rows = []
     for s in summaries:
-        rho, savings = s.get("rho"), _savings(s)
+        rho, savings, energy = s.get("rho"), _savings(s), s.get("energy")
+        saved = energy_savings(s, list(summaries))
+        if not energy or s.get("scheme") == "full":
+            saved_text = "-"
+        else:
+            saved_text = "no full run" if saved is None else f"{100 * saved:.1f}%"
         rouges = {key: _rouge(s, key) for key in ("rouge1", "rouge2", "rougeL")}
         rows.append(
             {
@@ -38,6 +69,9 @@ def comparison_rows(summaries: Sequence[Mapping[str, Any]]) -> list[dict[str, st
                 "FLOPs": format_flops(_number(s, "flops_total", "summary")),
                 "savings": "-" if savings is None else f"{savings:.1f}%",
                 "time": _format_seconds(_number(s, "wall_seconds", "summary")),
+                "energy": "-" if not energy else f"{format_energy(energy['training']['kwh'])} ({energy_tag(energy)})",
+                "CO2": "-" if not energy else f"{format_co2(energy['training']['co2_kg'])} ({energy_tag(energy)})",
+                "energy saved": saved_text,
                 **{
                     label: "-" if rouges[key] is None else f"{rouges[key]:.1f}"
                     for label, key in (("ROUGE-1", "rouge1"), ("ROUGE-2", "rouge2"), ("ROUGE-L", "rougeL"))

@@ -44,13 +44,15 @@ def save(s: "RunState", name: str, at: Position) -> dict:
                for pname in s.profile.names for field, value in s.optimizer.state.get(params[pname], {}).items()}
     state = {"global_step": at.step, "epoch": at.epoch, "index": at.index, "trainable": s.trainable,
              "selection_index": s.selection_index, "trainable_params": s.trainable_params,
-             "scheduler": s.scheduler.state_dict(), "rng": _rng_state(), **s.account.state_dict()}
+             "scheduler": s.scheduler.state_dict(), "rng": _rng_state(), "energy": s.energy.state_dict(),
+             **s.account.state_dict()}
     if s.dist.enabled:  # every rank's counters and RNG go into rank 0's checkpoint; the weights must be identical
         fingerprints = distributed.all_gather_object(distributed.weights_fingerprint(s.model), s.dist)
         if len(set(fingerprints)) > 1:
             raise TrainingError(f"the ranks' weights diverged by step {at.step} (fingerprints {fingerprints}); this "
                                 "is a bug: report it with the command line")
-        own = {"counters": state["counters"], "rng": state["rng"], "measured": state["measured"]}
+        own = {"counters": state["counters"], "rng": state["rng"], "measured": state["measured"],
+               "energy": state["energy"]}
         state.update(world_size=s.dist.world_size, weights_fingerprint=fingerprints[0],
                      ranks=distributed.all_gather_object(own, s.dist))
     path = distributed.on_main(
@@ -89,6 +91,7 @@ def restore(s: "RunState", out: Path) -> tuple[Path, Position]:
     s.selection_index = state["selection_index"]
     s.trainable_params = state["trainable_params"]
     s.account.load_state_dict(state)
+    s.energy.load_state_dict(state.get("energy", {}))
     _set_rng_state(state["rng"])
     s.writer.truncate_after(state["global_step"])
     return latest, Position(state["epoch"], state["index"], state["global_step"])

@@ -71,6 +71,11 @@ class TrainConfig:
     source_field: str | None = _setting(None, "source column of a local data file")
     target_field: str | None = _setting(None, "target column of a local data file")
     keep_checkpoints: int = _setting(2, "checkpoints kept in the run folder (newest first)")
+    energy: bool = _setting(True, "do not track energy and CO2 (codecarbon's offline tracker, nothing is sent)",
+                            flag="--no-energy")
+    country: str | None = _setting(None, "grid country for CO2, ISO 3166-1 alpha-3 such as FRA or USA (codecarbon's "
+                                         "offline data; default: its world average)")
+    grid_intensity: float | None = _setting(None, "grid carbon intensity in g CO2 per kWh (overrides --country)")
     label: str | None = _setting(None, "name of the run in tables and figures (default: the scheme)")
 
     def __post_init__(self) -> None:
@@ -96,9 +101,15 @@ class TrainConfig:
             ("max_train_examples", self.max_train_examples is None or self.max_train_examples >= 1, ">= 1"),
             ("max_eval_examples", self.max_eval_examples is None or self.max_eval_examples >= 1, ">= 1"),
         ]
+        checks.append(("grid_intensity", self.grid_intensity is None
+                       or (self.grid_intensity >= 0 and math.isfinite(self.grid_intensity)), "a number >= 0"))
         for name, ok, expected in checks:
             if not ok:
                 raise ValueError(f"{flag(name)} {getattr(self, name)!r} ({name}=) must be {expected}")
+        if self.country is not None:
+            from ..energy import check_country
+
+            self.country = check_country(self.country)
         resolve_device(self.device)  # a device this machine does not have fails now, not after loading the model
 
     def _check_types(self) -> None:

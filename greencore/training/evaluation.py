@@ -1,7 +1,7 @@
 """Evaluation during a run: validation loss after each epoch, generation and ROUGE at the end.
 
 Under DDP each rank scores (or generates for) a contiguous part of the split and the parts are combined, so the
-numbers are those of one process.
+numbers are those of one process. Energy is cut around each evaluation: what ran before it was training.
 """
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ def validate(s: RunState, epoch: int, step: int) -> EvalRow:
     from ..evaluate import validation_loss  # imported when needed: rouge-score's nltk costs seconds per process
 
     started = time.perf_counter()
+    s.energy.cut("training")
     with torch.random.fork_rng(devices=rng_devices(s.model.parameters())):
         part = distributed.chunk(s.data.val_rows, s.dist)
         local = validation_loss(s.model, s.tokenizer, part, batch_size=s.config.batch_size) if part else 0.0
         tokens = sum(distributed.label_tokens(r, s.data.is_encoder_decoder) for r in part)
         total, count = distributed.all_reduce_sum([local * tokens, tokens], s.dist)
     s.account.counters.eval_seconds += time.perf_counter() - started
+    s.energy.cut("evaluation")
     row: EvalRow = {"type": "eval", "split": "validation", "step": step, "epoch": epoch,
                     "loss": total / max(count, 1)}
     s.writer.append("metrics", row)
@@ -46,6 +48,7 @@ def final_evaluation(s: RunState, step: int) -> Iterator[EvalRow]:
     if not c.eval_rouge:
         return scores
     started = time.perf_counter()
+    s.energy.cut("training")
     for split, data in s.data.eval_data.items():
         if len(data) == 0:
             continue
@@ -62,6 +65,7 @@ def final_evaluation(s: RunState, step: int) -> Iterator[EvalRow]:
         row: EvalRow = {"type": "eval", "split": split, "step": step, **result,
                         "examples": [{"prediction": p, "reference": r}
                                      for p, r in zip(predictions[:5], list(data["target"])[:5])]}
+        s.energy.cut("evaluation")
         s.writer.append("metrics", row)
         yield row
     s.account.counters.eval_seconds += time.perf_counter() - started

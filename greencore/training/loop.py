@@ -104,6 +104,8 @@ class Run:
                 self.status = "failed"
             raise
         finally:
+            if self.state is not None:
+                self.state.energy.close()
             self.state = None  # a finished run's model is not kept alive by its handle
 
     def _loop(self) -> Iterator[dict]:
@@ -121,6 +123,7 @@ class Run:
             s.writer.write_config(c.to_dict())
             s.writer.write_profile(s.profile)
         step = at.step
+        s.energy.start()
         s.memory = PeakMemory(s.device)
         with s.memory:
             for epoch in range(at.epoch, c.epochs):

@@ -22,6 +22,7 @@ from ..schemes import Scheme
 from ..select import check_rho
 from ..trainable import set_trainable
 from . import distributed
+from ..energy import EnergyMeter
 from .accounting import FlopsAccount, cost_key
 from .config import TrainConfig
 
@@ -117,6 +118,7 @@ class RunState:
     trainable: list[str]
     replicas: distributed.Replicas
     account: FlopsAccount = field(default_factory=FlopsAccount)
+    energy: EnergyMeter = field(default_factory=lambda: EnergyMeter(enabled=False))
     selection_index: int = 0
     trainable_params: int = 0
     memory: Any = None  # the `summary.PeakMemory` of the training loop, once it runs
@@ -159,7 +161,10 @@ def setup(config: TrainConfig, dist: distributed.DistInfo, writer: RunWriter) ->
     return RunState(config=config, scheme=scheme, dist=dist, device=device, writer=writer, model=model,
                     tokenizer=tokenizer, data=data, profile=profile, candidates=candidates, optimizer=optimizer,
                     scheduler=scheduler, trainable=trainable, account=account,
-                    replicas=distributed.Replicas(model, profile.names, device, dist, account))
+                    replicas=distributed.Replicas(model, profile.names, device, dist, account),
+                    energy=EnergyMeter(enabled=config.energy, country=config.country,
+                                       grid_intensity=config.grid_intensity,
+                                       gpu_ids=[device.index or 0] if device.type == "cuda" else None))
 
 
 def _load_data(c: TrainConfig, tokenizer: Any, is_enc_dec: bool, dist: distributed.DistInfo,

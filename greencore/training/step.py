@@ -36,11 +36,13 @@ def train_step(s: RunState, batch: dict, share: float, epoch: int, index: int, s
         with phase("backward"):
             (loss * (share * s.dist.world_size)).backward()
     seconds = time.perf_counter() - started
+    energy = s.energy.cut("training")
     s.account.add_full_equivalent(s.model, batch, key, s.candidates)
+    s.energy.cut("accounting")  # measuring what full fine-tuning would spend is neither scheme's cost
     counters = s.account.counters
     started = time.perf_counter()
-    global_loss, flops, flops_full = distributed.all_reduce_sum(
-        [loss.item() * share, counters.flops_total, counters.flops_full], s.dist)
+    global_loss, flops, flops_full, kwh, co2 = distributed.all_reduce_sum(
+        [loss.item() * share, counters.flops_total, counters.flops_full, energy["kwh"], energy["co2_kg"]], s.dist)
     if not math.isfinite(global_loss):
         _fail(s, global_loss, epoch, step)
     lr = _update(s)
@@ -48,7 +50,9 @@ def train_step(s: RunState, batch: dict, share: float, epoch: int, index: int, s
     s.trainable_params = max(s.trainable_params, _count_params(s.model, s.trainable))
     row: TrainRow = {"type": "train", "step": step + 1, "epoch": epoch + (index + 1) / s.data.steps_per_epoch,
                      "loss": global_loss, "lr": lr, "flops": flops, "flops_full": flops_full,
-                     "time": counters.seconds, "total_steps": s.data.total_steps}
+                     "time": counters.seconds, "total_steps": s.data.total_steps,
+                     "energy_kwh": kwh if s.energy.enabled else None, "co2_kg": co2 if s.energy.enabled else None,
+                     "energy_method": s.energy.method}
     s.writer.append("metrics", row)
     return row
 
