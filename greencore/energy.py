@@ -62,8 +62,10 @@ class EnergyMeter:
         from codecarbon import OfflineEmissionsTracker
 
         logging.getLogger("codecarbon").setLevel(logging.ERROR)  # it logs every measurement at INFO
-        options = {"output_methods": [], "log_level": "error", "tracking_mode": "process",
-                   "allow_multiple_runs": True, **self.tracker_options}
+        # no output at all, whatever a ~/.codecarbon.config or CODECARBON_* variable asks for (False, not None:
+        # codecarbon reads None as "not given" and falls back to the configuration)
+        options = {"output_methods": [], "emissions_endpoint": False, "log_level": "error",
+                   "tracking_mode": "process", "allow_multiple_runs": True, **self.tracker_options}
         if self.country:
             options["country_iso_code"] = self.country
         if self.grid_intensity is not None:

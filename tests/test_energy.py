@@ -64,17 +64,22 @@ def offline_run(tmp_path_factory):
 
     saved = socket.socket.connect, socket.create_connection, socket.getaddrinfo
     socket.socket.connect, socket.create_connection, socket.getaddrinfo = refuse, refuse, refuse
+    # a user's codecarbon configuration asking to send the figures changes nothing
+    asked = {"CODECARBON_EMISSIONS_ENDPOINT": "http://127.0.0.1:9/emissions", "CODECARBON_OUTPUT_METHODS": "api,csv"}
+    os.environ.update(asked)
     try:
         out = tmp_path_factory.mktemp("energy") / "run"
         summary = train(TrainConfig(**RUN, country="fra"), out)
     finally:
         socket.socket.connect, socket.create_connection, socket.getaddrinfo = saved
+        for key in asked:
+            del os.environ[key]
     return out, summary, attempts
 
 
 def test_a_run_records_energy_per_phase_and_sends_nothing(offline_run):
     out, summary, attempts = offline_run
-    assert attempts == []
+    assert attempts == [] and not list(out.parent.glob("**/emissions.csv")) and not Path("emissions.csv").exists()
     energy = summary["energy"]
     assert energy["training"]["kwh"] > 0 and energy["evaluation"]["kwh"] > 0 and energy["accounting"]["kwh"] > 0
     assert energy["grid_source"] == "codecarbon's offline data for FRA"
