@@ -103,6 +103,8 @@ class EvalRow(TypedDict, total=False):
     rouge2: float
     rougeL: float
     rougeLsum: float
+    energy_kwh: float | None  # evaluation energy of the run so far, all ranks; None with --no-energy
+    co2_kg: float | None
     examples: list[dict[str, str]]  # the first predictions with their references
 
 

@@ -93,6 +93,8 @@ def test_a_run_records_energy_per_phase_and_sends_nothing(offline_run):
     kwh = [r["energy_kwh"] for r in rows]
     assert kwh == sorted(kwh) and 0 < kwh[-1] <= energy["training"]["kwh"]  # live and cumulative
     assert all(r["energy_method"] == energy["method"] for r in rows)
+    evals = [r for r in load_run(out).metrics if r["type"] == "eval"]
+    assert evals and 0 < evals[-1]["energy_kwh"] == pytest.approx(energy["evaluation"]["kwh"], rel=1e-12)
     assert json.loads((out / "summary.json").read_text())["energy"] == energy
 
 

@@ -156,3 +156,20 @@ def test_explore_config_only_spec():
     assert ex.measured_ratio(selection)["ratio"] == pytest.approx(selection.predicted_ratio, rel=1e-12)
     names = [trace.name for trace in ex.tradeoff(0.5).data]
     assert names == ["blocks backprop can reach", "most parameters trainable"]
+
+
+def test_hub_id_reads_only_the_config(tmp_path, monkeypatch, tiny_models):
+    """A hub id in the Hugging Face cache with a config.json and no weights at all: enough to profile it."""
+    import huggingface_hub
+
+    loaded, _ = tiny_models("tiny-llama")
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--someone--tiny-llama"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    loaded.config.save_pretrained(repo / "snapshots" / revision)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    batch = meta_batch(loaded, batch_size=2, seq_len=16)
+    _assert_same_profile(profile_model(meta_model(load_config("someone/tiny-llama")), batch),
+                         profile_model(loaded, batch))
+    assert [p.name for p in (repo / "snapshots" / revision).iterdir()] == ["config.json"]

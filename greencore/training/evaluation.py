@@ -29,13 +29,19 @@ def validate(s: RunState, epoch: int, step: int) -> EvalRow:
         part = distributed.chunk(s.data.val_rows, s.dist)
         local = validation_loss(s.model, s.tokenizer, part, batch_size=s.config.batch_size) if part else 0.0
         tokens = sum(distributed.label_tokens(r, s.data.is_encoder_decoder) for r in part)
-        total, count = distributed.all_reduce_sum([local * tokens, tokens], s.dist)
+        energy = s.energy.cut("evaluation")
+        total, count, kwh, co2 = distributed.all_reduce_sum([local * tokens, tokens, energy["kwh"], energy["co2_kg"]],
+                                                            s.dist)
     s.account.counters.eval_seconds += time.perf_counter() - started
-    s.energy.cut("evaluation")
     row: EvalRow = {"type": "eval", "split": "validation", "step": step, "epoch": epoch,
-                    "loss": total / max(count, 1)}
+                    "loss": total / max(count, 1), **_energy(s, kwh, co2)}
     s.writer.append("metrics", row)
     return row
+
+
+def _energy(s: RunState, kwh: float, co2: float) -> dict:
+    """An evaluation row's energy fields: the run's evaluation energy and CO2 so far, over the ranks."""
+    return {"energy_kwh": kwh, "co2_kg": co2} if s.energy.enabled else {"energy_kwh": None, "co2_kg": None}
 
 
 def final_evaluation(s: RunState, step: int) -> Iterator[EvalRow]:
@@ -62,10 +68,11 @@ def final_evaluation(s: RunState, step: int) -> Iterator[EvalRow]:
         scores.update({f"{split}_{k}": v for k, v in result.items()})
         if split == "test":
             scores.update(result)
-        row: EvalRow = {"type": "eval", "split": split, "step": step, **result,
+        energy = s.energy.cut("evaluation")
+        kwh, co2 = distributed.all_reduce_sum([energy["kwh"], energy["co2_kg"]], s.dist)
+        row: EvalRow = {"type": "eval", "split": split, "step": step, **result, **_energy(s, kwh, co2),
                         "examples": [{"prediction": p, "reference": r}
                                      for p, r in zip(predictions[:5], list(data["target"])[:5])]}
-        s.energy.cut("evaluation")
         s.writer.append("metrics", row)
         yield row
     s.account.counters.eval_seconds += time.perf_counter() - started
