@@ -156,3 +156,18 @@ def test_full_size_profiles_allocate_no_weights(results):
     assert big["fp32_weight_gib"] > 29 and big["peak_rss_mib"] - data["baseline_peak_rss_mib"] < 512
     assert 0 < big["most_parameters_share"] < 1 and 0 < big["blocks_reached"] < 32
     assert data["largest"]["model"] == "llama-3-8b" and data["largest"]["met"]
+
+
+def test_memory_peaks_come_from_the_profilers_timeline(results):
+    data = load(results[0], "memory_quick")
+    rows = {r["scheme"]: r for r in data["results"]}
+    assert rows["full"]["ratio_to_full"] == 1.0 and set(rows) == {"full", "lora", "top-k:2", "green:0.4",
+                                                                   "green:0.5", "green:0.7"}
+    for r in rows.values():
+        # the peak is the weights (counted once, by hand) plus what the timeline saw alive at that moment
+        assert r["peak_bytes"] == r["weights_bytes"] + sum(r["at_peak"].values())
+        assert r["trainable_params"] > 0
+    full = rows["full"]
+    # AdamW keeps two moments per trained parameter and a gradient of each is alive at the peak of full training
+    assert full["at_peak"]["optimizer state"] >= 2 * 4 * full["trainable_params"]
+    assert rows["green:0.4"]["peak_bytes"] < full["peak_bytes"] and rows["lora"]["peak_bytes"] < full["peak_bytes"]
