@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import markdown_table, report  # noqa: E402
+from bench.common import markdown_table, report, step_arguments  # noqa: E402
 
 SCHEMES = ["full", "lora", "top-k:2", "green:0.4", "green:0.5", "green:0.7"]
 TARGET_SCHEME, TARGET_RATIO = "green:0.5", 0.6
@@ -65,7 +65,6 @@ def step_peak(model, batch, trainable: list[str]) -> dict:
     without_weights = [sum(v for k, v in row.items() if k != "parameters") for row in rows]
     at = max(range(len(rows)), key=without_weights.__getitem__)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    del optimizer
     return {"peak_bytes": weights + without_weights[at], "weights_bytes": weights,
             "at_peak": {k: v for k, v in rows[at].items() if k != "parameters"},
             "max_during_step": {k: max(row[k] for row in rows) for k in COLUMNS if k != "parameters"},
@@ -136,11 +135,7 @@ def run(model_name: str, batch_size: int, seq_len: int, schemes: list[str]) -> t
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny-gpt2 on 2 x 64 tokens")
-    parser.add_argument("--results-dir", type=Path, default=None, help="where to write (default bench/results)")
-    parser.add_argument("--model", default=None, help="default smollm2 (tiny-gpt2 with --quick)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default 8 (2 with --quick)")
-    parser.add_argument("--seq-len", type=int, default=None, help="default 128 (64 with --quick)")
+    step_arguments(parser, quick="tiny-gpt2 on 2 x 64 tokens", quick_batch_size=2)
     parser.add_argument("--schemes", default=",".join(SCHEMES), help="comma-separated; the first is the reference")
     args = parser.parse_args(argv)
     quick = args.quick

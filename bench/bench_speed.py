@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import contention_note, markdown_table, median, report, timing_context  # noqa: E402
+from bench.common import contention_note, markdown_table, median, report, step_arguments, timing_context  # noqa: E402
 
 RHOS = [0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 TARGET_RHO, TARGET_TIME_RATIO = 0.5, 0.6
@@ -181,11 +181,7 @@ def run(model_name: str, batch_size: int, seq_len: int, rhos: list[float], repea
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny-gpt2, short batches, 2 rounds")
-    parser.add_argument("--results-dir", type=Path, default=None, help="where to write (default bench/results)")
-    parser.add_argument("--model", default=None, help="default smollm2 (tiny-gpt2 with --quick)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default 8 (4 with --quick)")
-    parser.add_argument("--seq-len", type=int, default=None, help="default 128 (64 with --quick)")
+    step_arguments(parser, quick="tiny-gpt2, short batches, 2 rounds", quick_batch_size=4)
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 7; 2 with --quick)")
     parser.add_argument("--batches", type=int, default=3, help="distinct batches cycled over the rounds")
     parser.add_argument("--rhos", default=",".join(map(str, RHOS)), help="comma-separated rho values")

@@ -3,6 +3,7 @@ when it was measured, so numbers quoted elsewhere can be traced to a machine and
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -128,6 +129,17 @@ def _write_atomic(path: Path, text: str) -> None:
 def command_line() -> str:
     """The command that started this process, for the `command` field."""
     return " ".join([Path(sys.executable).name, *sys.argv])
+
+
+def step_arguments(parser: argparse.ArgumentParser, quick: str, quick_batch_size: int) -> None:
+    """The options of a benchmark of one model's training steps: --quick (described by `quick`), --results-dir,
+    --model (smollm2; tiny-gpt2 with --quick), --batch-size (8; `quick_batch_size` with --quick), --seq-len (128;
+    64 with --quick)."""
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--results-dir", type=Path, default=None, help="where to write (default bench/results)")
+    parser.add_argument("--model", default=None, help="default smollm2 (tiny-gpt2 with --quick)")
+    parser.add_argument("--batch-size", type=int, default=None, help=f"default 8 ({quick_batch_size} with --quick)")
+    parser.add_argument("--seq-len", type=int, default=None, help="default 128 (64 with --quick)")
 
 
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
