@@ -16,11 +16,10 @@ alpha-3), or its world average.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-__all__ = ["EnergyMeter", "PHASES", "check_country", "energy_savings"]
+__all__ = ["EnergyMeter", "PHASES", "carbon_intensity", "check_country", "energy_savings"]
 
 PHASES = ("training", "evaluation", "accounting")
 _MEASURED = {"intel_rapl": "rapl", "windows_emi": "windows emi", "intel_power_gadget": "intel power gadget",
@@ -124,13 +123,12 @@ class EnergyMeter:
     def grid(self) -> dict[str, Any]:
         """The carbon intensity CO2 is computed with: g CO2 per kWh (None before any energy) and its source."""
         if self.grid_intensity is not None:
-            return {"g_per_kwh": float(self.grid_intensity), "source": "given (--grid-intensity)"}
-        kwh = sum(t["kwh"] for t in self.totals.values())
-        co2 = sum(t["co2_kg"] for t in self.totals.values())
-        value = 1000.0 * co2 / kwh if kwh > 0 else None
-        if self.country:
-            return {"g_per_kwh": value, "source": f"codecarbon's offline data for {self.country}"}
-        return {"g_per_kwh": value, "source": "codecarbon's world average (no --country given)"}
+            source = "given (--grid-intensity)"
+        elif self.country:
+            source = f"codecarbon's offline data for {self.country}"
+        else:
+            source = "codecarbon's world average (no --country given)"
+        return {"g_per_kwh": carbon_intensity(self.totals, self.grid_intensity), "source": source}
 
     def state_dict(self) -> dict[str, Any]:
         return {"totals": {p: dict(t) for p, t in self.totals.items()}}
@@ -140,24 +138,23 @@ class EnergyMeter:
             self.totals[phase] = {"kwh": float(values["kwh"]), "co2_kg": float(values["co2_kg"])}
 
 
+def carbon_intensity(phases: Mapping[str, Mapping[str, float]], given: float | None = None) -> float | None:
+    """g CO2 per kWh behind `phases` ({phase: {"kwh", "co2_kg"}}): `given`, else their CO2 over their energy (None
+    before any energy)."""
+    if given is not None:
+        return float(given)
+    kwh = sum(p["kwh"] for p in phases.values())
+    return 1000.0 * sum(p["co2_kg"] for p in phases.values()) / kwh if kwh > 0 else None
+
+
 def energy_savings(summary: Mapping[str, Any], others: list[Mapping[str, Any]]) -> float | None:
     """The measured share of training energy `summary`'s run saved against a full fine-tuning run of the same model,
     data and steps among `others` (the first such), or None when there is none (or no energy was recorded): never a
     FLOPs-scaled guess."""
-    mine = _training_kwh(summary)
-    if mine is None or summary.get("scheme") == "full":
+    if not summary.get("energy") or summary.get("scheme") == "full":
         return None
     for other in others:
         same = all(other.get(k) == summary.get(k) for k in ("model", "dataset", "steps", "train_examples"))
-        full = _training_kwh(other)
-        if other.get("scheme") == "full" and same and full:
-            return 1.0 - mine / full
+        if other.get("scheme") == "full" and same and other.get("energy") and other["energy"]["training"]["kwh"]:
+            return 1.0 - summary["energy"]["training"]["kwh"] / other["energy"]["training"]["kwh"]
     return None
-
-
-def _training_kwh(summary: Mapping[str, Any]) -> float | None:
-    energy = summary.get("energy")
-    if not energy:
-        return None
-    kwh = energy["training"]["kwh"]
-    return kwh if math.isfinite(kwh) else None

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..energy import PHASES
+from ..energy import PHASES, carbon_intensity
 from ..records import EnergyReport, Summary, read_jsonl
 from . import distributed
 from .setup import RunState
@@ -28,7 +28,8 @@ def write_summary(s: RunState, status: str, step: int, **extra: Any) -> Summary:
             "selection_seconds": counters.selection_seconds, "eval_seconds": counters.eval_seconds,
             "peak_memory_bytes": s.memory.peak if s.memory is not None else None,
             "ddp_wraps": counters.ddp_wraps, "ddp_wrap_seconds": counters.ddp_wrap_seconds,
-            "energy": s.energy.state_dict()["totals"], "energy_method": s.energy.method, "grid": s.energy.grid}
+            "energy": s.energy.state_dict()["totals"], "energy_method": s.energy.method,
+            "grid_source": s.energy.grid["source"]}
     ranks = distributed.all_gather_object(mine, s.dist)
     return distributed.on_main(lambda: _write(s, status, step, ranks, extra), s.dist)
 
@@ -60,7 +61,7 @@ def _write(s: RunState, status: str, step: int, ranks: list[dict], extra: dict) 
         "total_params": sum(p.numel() for p in s.model.parameters()),
         "train_examples": len(s.data.train_rows), "truncated_sources": s.data.truncated,
         "selections": s.selection_index,
-        "energy": _energy(ranks) if s.energy.enabled else None,
+        "energy": _energy(ranks, s.energy.grid_intensity) if s.energy.enabled else None,
         "world_size": dist.world_size, "flops_per_rank": per_rank,
         "flops_ratio_per_rank": [f / r["flops_full"] if r["flops_full"] else None for f, r in zip(per_rank, ranks)],
         **extra,
@@ -82,17 +83,14 @@ def _write(s: RunState, status: str, step: int, ranks: list[dict], extra: dict) 
     return summary
 
 
-def _energy(ranks: list[dict]) -> EnergyReport:
+def _energy(ranks: list[dict], given_intensity: float | None) -> EnergyReport:
     """Energy and CO2 per phase summed over the ranks, with each rank's own, the method and the grid intensity."""
     phases = {phase: {key: sum(r["energy"][phase][key] for r in ranks) for key in ("kwh", "co2_kg")}
               for phase in PHASES}
     methods = sorted({r["energy_method"] for r in ranks if r["energy_method"]})
-    kwh = sum(p["kwh"] for p in phases.values())
-    grid = ranks[0]["grid"]
-    if grid["g_per_kwh"] is None and kwh > 0:
-        grid = {**grid, "g_per_kwh": 1000.0 * sum(p["co2_kg"] for p in phases.values()) / kwh}
-    return {**phases, "method": " | ".join(methods) or None, "grid_g_per_kwh": grid["g_per_kwh"],
-            "grid_source": grid["source"], "per_rank": [r["energy"] for r in ranks]}
+    return {**phases, "method": " | ".join(methods) or None,
+            "grid_g_per_kwh": carbon_intensity(phases, given_intensity), "grid_source": ranks[0]["grid_source"],
+            "per_rank": [r["energy"] for r in ranks]}
 
 
 class PeakMemory:
