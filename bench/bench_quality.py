@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import signal
 import sys
 import time
 import traceback
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,34 +46,59 @@ from greencore.training import Run, TrainConfig  # noqa: E402
 from greencore.plots import format_flops  # noqa: E402
 from greencore.records import checkpoints, load_run  # noqa: E402
 
-SCHEMES = ["full", "lora", "top-k:2", "bitfit", "green:0.4", "green:0.5", "green:0.6", "green:0.7", "random:0.5"]
+SCHEMES = ["full", "green:0.5", "lora", "random:0.5", "top-k:2", "layernorm", "green:0.4", "green:0.6", "green:0.7"]
+# The schemes each model's recorded results ran, where they differ from SCHEMES: minilm's were taken with BitFit (BERT
+# has biases; the LLaMA family has none, so BitFit on smollm2 is a clear error, not a row) and without layernorm.
+MODEL_SCHEMES = {m: ["full", "lora", "top-k:2", "bitfit", "green:0.4", "green:0.5", "green:0.6", "green:0.7",
+                     "random:0.5"] for m in ("minilm", "minilm-seq2seq")}
 HEADLINE = ["full", "lora", "green:0.5"]
 SEEDS = (0, 1)
 
-# The full configuration: smollm2 (the offline default) on stdlib-tldr, one epoch over the first 1,600 training pairs
-# (those that fit the length limits make ~190 steps of 8), one selection per epoch from 2 probe batches, ROUGE on the
-# first 100 validation and 100 test pairs with beam search 2, lr 1e-4 for every scheme (the setting of issue 18's
-# measurements; a per-scheme learning-rate grid is issue 21's). The epoch is long enough that one selection costs a
-# few percent of it. Several hours on 2 CPU cores (`--estimate` extrapolates from a few timed steps).
-FULL = dict(model="smollm2", dataset="stdlib-tldr", epochs=1, max_train_examples=1600, max_eval_examples=100,
-            batch_size=8, max_source_tokens=128, max_target_tokens=32, lr=1e-4, weight_decay=0.01, num_beams=2,
+# The full configuration: smollm2 (the offline default) on stdlib-tldr, two epochs over the first 800 training pairs
+# (781 fit the length limits: 97 steps of 8 per epoch), one selection per epoch from 2 probe batches, validation loss
+# after each epoch, ROUGE on the first 100 validation and 100 test pairs with beam search 2. The learning rate is
+# each scheme's own, picked by the grid below. About 5 hours on 2 CPU cores, resumable across sessions.
+FULL = dict(model="smollm2", dataset="stdlib-tldr", epochs=2, max_train_examples=800, max_eval_examples=100,
+            batch_size=8, max_source_tokens=128, max_target_tokens=32, weight_decay=0.01, num_beams=2,
             probe_batches=2, interval=1, interval_unit="epoch", metric="taylor", k=2, lora_r=8, lora_alpha=32,
             keep_checkpoints=1, device="cpu")
-# What other models change in FULL. minilm's results (quality_minilm*, taken when it was the default) used lr 5e-4: in
-# 77-step pilots of full fine-tuning it reached a lower validation loss (5.79) than 1e-4 (6.03) or 1e-3 (5.85).
-MODEL_SETTINGS = {"minilm": dict(lr=5e-4), "minilm-seq2seq": dict(lr=5e-4)}
+# What other models change in FULL. minilm's results (quality_minilm*, taken when it was the default) used one lr,
+# 5e-4, for every scheme and one epoch over 1,600 pairs: in 77-step pilots of full fine-tuning 5e-4 reached a lower
+# validation loss (5.79) than 1e-4 (6.03) or 1e-3 (5.85). A fixed lr here skips the grid.
+MODEL_SETTINGS = {m: dict(lr=5e-4, epochs=1, max_train_examples=1600) for m in ("minilm", "minilm-seq2seq")}
 # --quick: a random tiny GPT-2, 4 steps per scheme, ROUGE on 4 examples. Checks the machinery, not the method.
-QUICK = dict(FULL, model="tiny-gpt2", max_train_examples=32, max_eval_examples=4, max_source_tokens=48,
-             max_target_tokens=24, lr=1e-3, num_beams=1)
+QUICK = dict(FULL, model="tiny-gpt2", epochs=1, max_train_examples=32, max_eval_examples=4, max_source_tokens=48,
+             max_target_tokens=24, num_beams=1)
+
+# The learning-rate grid: every scheme family is trained briefly at each rate of LR_START (the first GRID pairs, one
+# epoch) and the rate with the lowest validation loss wins; a winner at an edge of what was tried is extended one
+# rung along LR_LADDER in that direction (at most GRID_EXTENSIONS times), so no scheme is held at the grid's edge.
+# GreenTrainer at every rho and random selection share green:0.5's rate: they differ only in which tensors train.
+LR_LADDER = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
+LR_START = (3e-5, 1e-4, 3e-4)
+GRID_EXTENSIONS = 2
+GRID = dict(max_train_examples=200, epochs=1, max_eval_examples=50, eval_rouge=False)  # 195 usable: 24 steps of 8
+QUICK_GRID = dict(max_train_examples=16, epochs=1, max_eval_examples=4, eval_rouge=False)
 
 TARGET_RATIO = 0.52  # green:0.5 must spend at most this share of full fine-tuning's FLOPs ...
 TARGET_ROUGE_GAP = 1.0  # ... and lose at most this many ROUGE-L points
 
 
-def plan(settings: dict, schemes: list[str], headline: list[str], seeds: tuple[int, ...]) -> list[TrainConfig]:
-    """Every run of the benchmark, in the order they run: all schemes with the first seed, then the repeats."""
-    configs = [TrainConfig(scheme=s, seed=seeds[0], **settings) for s in schemes]
-    configs += [TrainConfig(scheme=s, seed=seed, **settings) for seed in seeds[1:] for s in headline if s in schemes]
+def lr_family(scheme: str) -> str:
+    """The scheme whose grid sets `scheme`'s learning rate: green:0.5 for every green and random run, else itself."""
+    return "green:0.5" if scheme.split(":")[0] in ("green", "random") else scheme
+
+
+def plan(settings: dict, schemes: list[str], headline: list[str], seeds: tuple[int, ...],
+         lrs: dict[str, float] | None = None) -> list[TrainConfig]:
+    """Every run of the benchmark, in the order they run: all schemes with the first seed, then the repeats; each
+    with its family's rate from `lrs` (the grid's picks) unless `settings` fixes one."""
+    def config(scheme: str, seed: int) -> TrainConfig:
+        lr = settings.get("lr") or (lrs or {})[lr_family(scheme)]
+        return TrainConfig(scheme=scheme, seed=seed, **{**settings, "lr": lr})
+
+    configs = [config(s, seeds[0]) for s in schemes]
+    configs += [config(s, seed) for seed in seeds[1:] for s in headline if s in schemes]
     return configs
 
 
@@ -143,6 +170,102 @@ def execute(config: TrainConfig, out: Path, interrupt: _Interrupt) -> dict:
     return run.summary
 
 
+def run_once(config: TrainConfig, out: Path, interrupt: _Interrupt, title: str) -> dict:
+    """The summary of `config`'s run in `out`: read back when it finished earlier, else run (or continued) now. A
+    failure is returned as a summary with status "failed", so one scheme cannot lose the others. A finished run's
+    checkpoints are deleted: the benchmark keeps records (config, metrics, selections, summary), not weights."""
+    summary = finished_summary(out, config)
+    if summary is not None:
+        print(f"{title}: finished earlier, read back", flush=True)
+        return summary
+    print(f"{title} -> {out}", flush=True)
+    started = time.time()
+    try:
+        summary = execute(config, out, interrupt)
+    except Exception as err:  # one failing scheme must not lose the others: record it and go on
+        traceback.print_exc()
+        summary = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+    print(f"  {summary['status']} in {time.time() - started:.0f} s: FLOPs ratio "
+          f"{_fmt(summary.get('flops_ratio'), '.3f')}, validation loss {_fmt(summary.get('val_loss'), '.4f')}, "
+          f"ROUGE-L {_fmt(summary.get('rougeL'), '.2f')}", flush=True)
+    if summary.get("status") == "finished":
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    return summary
+
+
+def grid_dir(work: Path, config: TrainConfig) -> Path:
+    return work / "grid" / f"{config.name.replace(':', '-')}-lr{config.lr:g}"
+
+
+def tune_learning_rates(settings: dict, families: list[str], grid: dict, work: Path,
+                        interrupt: _Interrupt) -> tuple[dict[str, float], list[dict]]:
+    """Each family's learning rate: the lowest validation loss of short runs over LR_START, extended along LR_LADDER
+    while the best rate lies at an edge of those tried. Returns the picks and one row per grid run (a run that
+    failed or diverged counts as an infinite loss). Stops early, with what it has, when interrupted."""
+    picks: dict[str, float] = {}
+    rows: list[dict] = []
+    for family in families:
+        tried: dict[float, float] = {}
+        queue = list(LR_START)
+        while queue and not interrupt.requested:
+            lr = queue.pop(0)
+            config = TrainConfig(scheme=family, seed=0, **{**settings, **grid, "lr": lr})
+            out = grid_dir(work, config)
+            summary = run_once(config, out, interrupt, f"grid {family} lr {lr:g}")
+            if summary.get("status") not in ("finished", "failed"):
+                break  # interrupted mid-run: it resumes from its checkpoint next time
+            loss = summary.get("val_loss")
+            tried[lr] = loss if loss is not None and math.isfinite(loss) else math.inf
+            rows.append({"family": family, "lr": lr, "status": summary["status"], "val_loss": loss,
+                         "steps": summary.get("steps"), "wall_seconds": summary.get("wall_seconds"),
+                         "error": summary.get("error"), "run_dir": str(out.relative_to(work))})
+            if not queue:
+                best = min(tried, key=tried.get)
+                rung = LR_LADDER.index(best)
+                step = 1 if best == max(tried) else -1 if best == min(tried) else 0
+                extended = len(tried) - len(LR_START)
+                if step and 0 <= rung + step < len(LR_LADDER) and extended < GRID_EXTENSIONS \
+                        and LR_LADDER[rung + step] not in tried:
+                    queue.append(LR_LADDER[rung + step])
+        if tried and not queue and not interrupt.requested:
+            picks[family] = min(tried, key=tried.get)
+    return picks, rows
+
+
+def zero_shot_row(settings: dict, work: Path) -> dict:
+    """The untrained model scored like every run (validation loss, test and validation ROUGE, same prompt, lengths
+    and beams): the floor every fine-tuned run must clear. Kept in `<work>/zero-shot/scores.json` and read back."""
+    from bench.common import zero_shot_scores
+
+    config = TrainConfig(scheme="full", seed=0, **{**settings, "lr": settings.get("lr") or 1e-4})
+    path = work / "zero-shot" / "scores.json"
+    wanted = {k: v for k, v in config.to_dict().items() if k not in ("scheme", "lr", "label")}
+    saved = json.loads(path.read_text()) if path.exists() else None
+    if saved is None or saved.get("config") != wanted:
+        print("zero-shot: scoring the untrained model", flush=True)
+        started = time.time()
+        scores = zero_shot_scores(config)
+        saved = {"config": wanted, "scores": scores, "seconds": time.time() - started}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(".scores.json.tmp")
+        tmp.write_text(json.dumps(saved, indent=2) + "\n")
+        tmp.replace(path)
+    else:
+        print("zero-shot: scored earlier, read back", flush=True)
+    scores = saved["scores"]
+    row: dict[str, Any] = {key: None for key in _ROW_KEYS}
+    samples = scores["test"]["predictions"][:5]  # as many as a run's record keeps, for the same count
+    row.update({
+        "label": "zero-shot", "scheme": "none", "status": "finished", "steps": 0, "seed": 0, "run_dir": "zero-shot",
+        "val_loss": scores["val_loss"], "validation_rougeL": scores["validation"]["rougeL"],
+        **{k: scores["test"][k] for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")},
+        "trainable_params": 0, "selected_tensors": [], "predicted_ratio": [],
+        "test_sample_predictions": samples, "distinct_sample_predictions": len(set(samples)),
+        "distinct_test_predictions": len(set(scores["test"]["predictions"])),
+        "eval_seconds": saved["seconds"]})
+    return row
+
+
 # --------------------------------------------------------------------------------------------------- results
 
 _ROW_KEYS = ("label", "scheme", "rho", "k", "status", "steps", "flops_total", "flops_training", "flops_selection",
@@ -155,9 +278,12 @@ def run_row(config: TrainConfig, out: Path, summary: dict) -> dict:
     """One run's numbers, all from its summary (plus the tensors each selection chose, from its record)."""
     row = {key: summary.get(key) for key in _ROW_KEYS}
     row["seed"] = config.seed
+    row["lr"] = config.lr
     row["run_dir"] = out.name
     record = load_run(out)
     row["selected_tensors"] = [s["trainable_tensors"] for s in record.selections]
+    row["val_loss_per_epoch"] = [m["loss"] for m in record.metrics
+                                 if m["type"] == "eval" and m.get("split") == "validation" and "loss" in m]
     row["predicted_ratio"] = [s["predicted_ratio"] for s in record.selections]
     # the engine keeps 5 test predictions: a model that answers every input alike scores ROUGE from its prior alone
     tests = [m for m in record.metrics if m["type"] == "eval" and m.get("split") == "test" and "examples" in m]
@@ -191,9 +317,14 @@ def _by_label(rows: list[dict], label: str, seed: int | None = None) -> list[dic
     return [r for r in rows if r["label"] == label and r["rougeL"] is not None and (seed is None or r["seed"] == seed)]
 
 
-def checks(rows: list[dict], first_seed: int) -> dict:
+def checks(rows: list[dict], first_seed: int, zero_shot: dict | None = None) -> dict:
     """The issue's targets, on the first seed's runs and, where both schemes have several seeds, on seed means."""
     result: dict[str, Any] = {}
+    if zero_shot is not None and rows:
+        below = [f"{r['label']} (seed {r['seed']})" for r in rows if r["rougeL"] <= zero_shot["rougeL"]]
+        result["every_run_above_zero_shot"] = {
+            "zero_shot_rougeL": zero_shot["rougeL"], "lowest_rougeL": min(r["rougeL"] for r in rows),
+            "runs_not_above": ", ".join(below) or "none", "met": not below}
     full, green = _by_label(rows, "full"), _by_label(rows, "green:0.5")
     if full and green:
         for basis in ("first_seed", "seed_mean"):
@@ -232,25 +363,45 @@ def _fmt(value: Any, spec: str, missing: str = "-") -> str:
     return missing if value is None else format(value, spec)
 
 
-def results_table(rows: list[dict], failed: list[dict], spreads: list[dict], found: dict, settings: dict,
-                  pending: list[str]) -> str:
+def grid_table(p: Progress) -> list[str]:
+    """The learning-rate grid's runs and picks, as Markdown lines."""
+    if not p.grid:
+        return []
+    body = [[g["family"], f"{g['lr']:g}", g["status"], g["steps"] or "-", _fmt(g["val_loss"], ".4f"),
+             "picked" if p.lrs.get(g["family"]) == g["lr"] else ""] for g in p.grid]
+    grid = {**(QUICK_GRID if p.quick else GRID)}
+    return ["## Learning rates", "",
+            f"Each family trained for one epoch over the first {grid['max_train_examples']} training pairs at each "
+            f"rate of {', '.join(f'{lr:g}' for lr in LR_START)} (extended one rung of "
+            f"{', '.join(f'{lr:g}' for lr in LR_LADDER)} while the best lay at an edge, at most {GRID_EXTENSIONS} "
+            f"times), the same other settings as the runs below; validation loss on the first "
+            f"{grid['max_eval_examples']} validation pairs picks the rate. Every green and random run takes "
+            "green:0.5's rate.", "",
+            markdown_table(["family", "lr", "status", "steps", "validation loss", ""], body), ""]
+
+
+def results_table(p: Progress, spreads: list[dict], found: dict, pending: list[str]) -> str:
     """The Markdown written next to the JSON."""
-    header = ["run", "seed", "status", "training FLOPs", "ratio to full", "of which selection", "wall time (train)",
-              "peak memory", "trainable params", "tensors selected", "val loss", "ROUGE-1", "ROUGE-2", "ROUGE-L",
+    rows, failed, settings = p.rows, p.failed, p.settings
+    header = ["run", "seed", "lr", "status", "training FLOPs", "ratio to full", "of which selection", "wall time (train)",
+              "peak memory", "trainable params", "tensors selected", "val loss (after each epoch)", "ROUGE-1", "ROUGE-2", "ROUGE-L",
               "distinct sample outputs (of up to 5)"]
     body = []
-    for r in rows:
+    for r in ([p.zero_shot] if p.zero_shot else []) + rows:
         full = r["flops_full_equivalent"] or 0
         selection_share = r["flops_selection"] / full if full and r["flops_selection"] is not None else None
         mem = r["peak_memory_bytes"]
         body.append([
-            r["label"], r["seed"], r["status"], format_flops(r["flops_total"] or 0), _fmt(r["flops_ratio"], ".3f"),
-            _fmt(selection_share, ".3f"), _fmt(r["wall_seconds"], ".0f") + " s",
+            r["label"], r["seed"], _fmt(r.get("lr"), "g"), r["status"],
+            "-" if r["flops_total"] is None else format_flops(r["flops_total"]), _fmt(r["flops_ratio"], ".3f"),
+            _fmt(selection_share, ".3f"), "-" if r["wall_seconds"] is None else f"{r['wall_seconds']:.0f} s",
             "-" if mem is None else f"{mem / 2**20:.0f} MiB", f"{r['trainable_params']:,}",
-            ",".join(str(n) for n in r["selected_tensors"]) or "-", _fmt(r["val_loss"], ".3f"),
+            ",".join(str(n) for n in r["selected_tensors"]) or "-",
+            " > ".join(f"{v:.3f}" for v in r.get("val_loss_per_epoch") or [r["val_loss"]]),
             _fmt(r["rouge1"], ".2f"), _fmt(r["rouge2"], ".2f"), _fmt(r["rougeL"], ".2f"),
             r.get("distinct_sample_predictions", "-")])
-    lines = ["## Runs", "",
+    lines = grid_table(p) + ["## Runs", "",
+             "zero-shot is the untrained model, scored the same way (no training: no FLOPs). "
              "FLOPs are measured (FlopCounterMode) and include GreenTrainer's profiling and probe passes; the ratio is "
              "to full fine-tuning on the same batches. Wall time is training plus selection (evaluation excluded). "
              "Peak memory is the peak resident set above the start of training (CPU). The last column counts the "
@@ -284,8 +435,9 @@ def results_table(rows: list[dict], failed: list[dict], spreads: list[dict], fou
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: Path, title: str) -> str | None:
-    """ROUGE-L against FLOPs saved (PNG, matplotlib); headline schemes show their seed range as error bars."""
+def plot(rows: list[dict], zero_shot: dict | None, path: Path, title: str) -> str | None:
+    """ROUGE-L against FLOPs saved (PNG, matplotlib); headline schemes show their seed range as error bars, the
+    zero-shot model a dashed line."""
     try:
         import matplotlib
 
@@ -313,6 +465,9 @@ def plot(rows: list[dict], path: Path, title: str) -> str | None:
             ax.plot(xm, ym, "o", color=color, markersize=8)
         ax.annotate(label + (f" ({len(mine)} seeds)" if len(mine) > 1 else ""), (xm, ym),
                     textcoords="offset points", xytext=(6, 6 - 12 * (i % 3)), fontsize=9)
+    if zero_shot is not None:
+        ax.axhline(zero_shot["rougeL"], color="black", linestyle="--", linewidth=1, label="zero-shot (untrained)")
+        ax.legend(loc="lower left", fontsize=9)
     ax.set_xlabel("training FLOPs saved vs full fine-tuning (%), measured, selection included")
     ax.set_ylabel("test ROUGE-L")
     ax.set_title(title, fontsize=10)
@@ -326,26 +481,48 @@ def plot(rows: list[dict], path: Path, title: str) -> str | None:
     return str(path)
 
 
-def write(name: str, rows: list[dict], failed: list[dict], configs: list[TrainConfig], settings: dict, first_seed: int,
-          results_dir: Path | None, quick: bool, context: dict) -> None:
-    spreads = spread(rows, HEADLINE)
-    found = checks(rows, first_seed)
-    done = {(r["label"], r["seed"]) for r in rows + failed}
-    pending = [f"{c.name} (seed {c.seed})" for c in configs if (c.name, c.seed) not in done]
+@dataclass
+class Progress:
+    """What the benchmark has so far; written out after every run, so a partial benchmark is never lost."""
+
+    settings: dict
+    quick: bool
+    first_seed: int
+    context: dict
+    grid: list[dict] = field(default_factory=list)
+    lrs: dict[str, float] = field(default_factory=dict)
+    zero_shot: dict | None = None
+    rows: list[dict] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+    configs: list[TrainConfig] = field(default_factory=list)
+
+    def pending(self) -> list[str]:
+        done = {(r["label"], r["seed"]) for r in self.rows + self.failed}
+        return [f"{c.name} (seed {c.seed})" for c in self.configs if (c.name, c.seed) not in done]
+
+
+def write(name: str, p: Progress, results_dir: Path | None) -> None:
+    spreads = spread(p.rows, HEADLINE)
+    found = checks(p.rows, p.first_seed, p.zero_shot)
+    pending = p.pending() if p.configs else ["every run (the learning-rate grid is not finished)"]
     out = Path(results_dir) if results_dir is not None else RESULTS_DIR
-    png = plot(rows, out / f"{name}.png", f"{settings['model']} on {settings['dataset']}: ROUGE-L vs FLOPs saved"
-               + (" (quick smoke run)" if quick else ""))
+    png = plot(p.rows, p.zero_shot, out / f"{name}.png", f"{p.settings['model']} on {p.settings['dataset']}: "
+               "ROUGE-L vs FLOPs saved" + (" (quick smoke run)" if p.quick else ""))
     payload = {
-        "description": "Every scheme fine-tuned with the same data, seed and settings; numbers from the run "
-                       "summaries (measured FLOPs incl. selection overhead, ratio to full fine-tuning on the same "
-                       "batches, wall time, peak memory, validation loss, test ROUGE in percent).",
-        "quick": quick, "settings": settings, "runs": rows, "failed": failed, "spread": spreads, "checks": found,
-        "constant_output_runs": [[r["label"], r["seed"]] for r in rows if r.get("distinct_sample_predictions") == 1],
-        "pending": pending, "complete": not pending and not failed, "plot": Path(png).name if png else None,
-        "timing": {"context_at_start": context, "context_at_end": timing_context(),
-                   "note": contention_note(context, timing_context())},
+        "description": "Every scheme fine-tuned with the same data, steps, seed and settings at its own learning rate "
+                       "(the grid's pick); numbers from the run summaries (measured FLOPs incl. selection overhead, "
+                       "ratio to full fine-tuning on the same batches, wall time, peak memory, validation loss, test "
+                       "ROUGE in percent) and the untrained model scored the same way (zero_shot).",
+        "quick": p.quick, "settings": p.settings, "lr_grid": {"start": list(LR_START), "ladder": list(LR_LADDER),
+                                                              "runs": p.grid, "picked": p.lrs},
+        "zero_shot": p.zero_shot, "runs": p.rows, "failed": p.failed, "spread": spreads, "checks": found,
+        "constant_output_runs": [[r["label"], r["seed"]] for r in p.rows
+                                 if r.get("distinct_sample_predictions") == 1],
+        "pending": pending, "complete": not pending and not p.failed, "plot": Path(png).name if png else None,
+        "timing": {"context_at_start": p.context, "context_at_end": timing_context(),
+                   "note": contention_note(p.context, timing_context())},
     }
-    write_results(name, payload, results_table(rows, failed, spreads, found, settings, pending)
+    write_results(name, payload, results_table(p, spreads, found, pending)
                   + f"\n\nMachine load: {payload['timing']['note']}", command_line(), results_dir)
 
 
@@ -362,48 +539,51 @@ def results_name(base: str, quick: bool, settings: dict) -> str:
     return f"{base}_quick" if quick else f"{base}_{settings['model']}"
 
 
+def default_work(name: str, quick: bool) -> Path:
+    """Where the run folders live: bench/results/<name>/ for a real benchmark (committed without checkpoints, so the
+    runs open in the app's Compare tab and a later session resumes from them), bench/work/ for --quick."""
+    return ROOT / "bench" / "work" / name if quick else RESULTS_DIR / name
+
+
 def run_benchmark(args: argparse.Namespace, settings: dict) -> int:
     name = results_name("quality", args.quick, settings)
-    work = args.work_dir or ROOT / "bench" / "work" / name
+    work = args.work_dir or default_work(name, args.quick)
     if args.fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    schemes = args.schemes.split(",") if args.schemes else SCHEMES
+    schemes = args.schemes.split(",") if args.schemes else MODEL_SCHEMES.get(settings["model"], SCHEMES)
     seeds = tuple(int(s) for s in args.seeds.split(","))
-    configs = plan(settings, schemes, HEADLINE, seeds)
-    context = timing_context()
-    rows: list[dict] = []
-    failed: list[dict] = []
+    p = Progress(settings=settings, quick=args.quick, first_seed=seeds[0], context=timing_context())
     status = 0
     with _Interrupt() as interrupt:
-        for i, config in enumerate(configs, 1):
-            out = run_dir(work, config)
-            summary = finished_summary(out, config)
-            if summary is None:
-                print(f"[{i}/{len(configs)}] {config.name} seed {config.seed} -> {out}", flush=True)
-                started = time.time()
-                try:
-                    summary = execute(config, out, interrupt)
-                except Exception as err:  # one failing scheme must not lose the others: record it and go on
-                    traceback.print_exc()
-                    summary = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
-                print(f"  {summary['status']} in {time.time() - started:.0f} s: FLOPs ratio "
-                      f"{_fmt(summary.get('flops_ratio'), '.3f')}, ROUGE-L {_fmt(summary.get('rougeL'), '.2f')}",
-                      flush=True)
-            else:
-                print(f"[{i}/{len(configs)}] {config.name} seed {config.seed}: finished earlier, read back", flush=True)
-            if summary.get("status") == "finished":
-                rows.append(run_row(config, out, summary))
-            elif summary.get("status") == "failed":
-                failed.append({"label": config.name, "seed": config.seed, "run_dir": out.name,
-                               "error": summary.get("error")})
-                status = 1
-            write(name, rows, failed, configs, settings, seeds[0], args.results_dir, args.quick, context)
+        if not settings.get("lr"):
+            families = list(dict.fromkeys(lr_family(s) for s in schemes))
+            p.lrs, p.grid = tune_learning_rates(settings, families, QUICK_GRID if args.quick else GRID, work,
+                                                interrupt)
+            print("learning rates:", ", ".join(f"{f} {lr:g}" for f, lr in p.lrs.items()), flush=True)
+        if not interrupt.requested:
+            p.configs = plan(settings, schemes, HEADLINE, seeds, p.lrs)
+            if not args.no_zero_shot:
+                p.zero_shot = zero_shot_row(settings, work)
+            write(name, p, args.results_dir)
+        for i, config in enumerate(p.configs, 1):
             if interrupt.requested:
-                print(f"interrupted: run the same command again to continue ({out.name} resumes from its "
-                      "checkpoint)", flush=True)
-                status = 130
                 break
+            out = run_dir(work, config)
+            summary = run_once(config, out, interrupt, f"[{i}/{len(p.configs)}] {config.name} seed {config.seed} "
+                                                       f"lr {config.lr:g}")
+            if summary.get("status") == "finished":
+                p.rows.append(run_row(config, out, summary))
+            elif summary.get("status") == "failed":
+                p.failed.append({"label": config.name, "seed": config.seed, "run_dir": out.name,
+                                 "error": summary.get("error")})
+                status = 1
+            write(name, p, args.results_dir)
+        if interrupt.requested:
+            write(name, p, args.results_dir)
+            print("interrupted: run the same command again to continue (the run that was stopped resumes from its "
+                  "checkpoint)", flush=True)
+            status = 130
     print((RESULTS_DIR if args.results_dir is None else args.results_dir) / f"{name}.md")
     return status
 
@@ -427,7 +607,8 @@ def time_probes(args: argparse.Namespace, settings: dict, work: Path) -> dict:
         shutil.rmtree(work)
     probes = {}
     for scheme in args.estimate_schemes.split(","):
-        config = TrainConfig(scheme=scheme, seed=0, **{**settings, "max_steps": steps_timed,
+        config = TrainConfig(scheme=scheme, seed=0, **{**settings, "lr": settings.get("lr") or 1e-4,
+                                                        "max_steps": steps_timed,
                                                         "max_eval_examples": args.estimate_eval_examples})
         out = work / scheme.replace(":", "-")
         started, cpu_started = time.time(), time.process_time()
@@ -496,7 +677,7 @@ def estimate(args: argparse.Namespace, settings: dict) -> int:
                      for i in range(settings["probe_batches"])]
     importance = tensor_importance(model, probe_batches, None, settings["metric"], profile=profile)
     predicted = {}
-    for scheme in SCHEMES:  # green: what the selection at the start of training is predicted to cost
+    for scheme in MODEL_SCHEMES.get(settings["model"], SCHEMES):  # green: what the selection at the start of training is predicted to cost
         predicted[scheme] = parse_scheme(scheme).predicted_ratio(profile, importance)
 
     # On a shared machine this process gets only part of its threads' cores. Each probe's CPU time over its wall time
@@ -518,7 +699,8 @@ def estimate(args: argparse.Namespace, settings: dict) -> int:
                  for split in ("validation", "test"))
     plan_rows = []
     total = 0.0
-    for config in plan(settings, SCHEMES, HEADLINE, SEEDS):
+    schemes = MODEL_SCHEMES.get(settings["model"], SCHEMES)
+    for config in plan({**settings, "lr": settings.get("lr") or 1e-4}, schemes, HEADLINE, SEEDS):
         ratio = predicted[config.scheme]
         seconds = steps * (a + b * ratio) + n_eval * eval_per_example + setup
         total += seconds
@@ -573,7 +755,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--schemes", default=None, help=f"comma-separated subset (default {','.join(SCHEMES)})")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)),
                         help="first seed for every scheme, further seeds for the headline schemes (default 0,1)")
-    parser.add_argument("--model", default=None, help="override the model (default minilm; tiny-gpt2 with --quick)")
+    parser.add_argument("--model", default=None, help="override the model (default smollm2; tiny-gpt2 with --quick)")
+    parser.add_argument("--no-zero-shot", action="store_true", help="do not score the untrained model")
     parser.add_argument("--max-train-examples", type=int, default=None, help="override the training subset")
     parser.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
     parser.add_argument("--estimate-steps", type=int, default=8, help="steps timed per scheme with --estimate")

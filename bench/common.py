@@ -48,16 +48,31 @@ def write_results(
 def zero_shot_rouge(config: Any) -> dict[str, float]:
     """ROUGE of the untrained model of a `TrainConfig` on its validation pairs, generated as a run's final
     evaluation generates them (same prompt, lengths and beams)."""
-    from greencore.data import load_summarization
-    from greencore.evaluate import generate_summaries, rouge
-    from greencore.models import load_model
+    return zero_shot_scores(config, splits=("validation",), loss=False)["validation"]
 
-    model, tokenizer = load_model(config.model, seed=config.seed)
-    data = load_summarization(config.dataset, max_examples={"validation": config.max_eval_examples})["validation"]
-    predictions = generate_summaries(model, tokenizer, list(data["source"]), max_source_tokens=config.max_source_tokens,
-                                     max_new_tokens=config.max_target_tokens, num_beams=config.num_beams,
-                                     prompt=config.prompt)
-    return rouge(predictions, list(data["target"]))
+
+def zero_shot_scores(config: Any, splits: tuple[str, ...] = ("validation", "test"), loss: bool = True) -> dict:
+    """The untrained model of a `TrainConfig` scored as a run's evaluation scores a trained one: the validation loss
+    on the same encoded rows (`loss`), and per split in `splits` ROUGE plus the predictions, generated with the
+    same prompt, lengths and beams."""
+    from greencore.evaluate import generate_summaries, rouge, validation_loss
+    from greencore.models import load_model
+    from greencore.training.setup import load_data
+
+    model, tokenizer = load_model(config.model, seed=config.seed, device=config.device)  # in eval mode
+    data = load_data(config, tokenizer, bool(model.config.is_encoder_decoder), device=model.device)
+    scores: dict[str, Any] = {}
+    if loss:
+        scores["val_loss"] = validation_loss(model, tokenizer, data.val_rows, batch_size=config.batch_size)
+    for split in splits:
+        split_data = data.eval_data[split]
+        predictions = generate_summaries(model, tokenizer, list(split_data["source"]),
+                                         max_source_tokens=config.max_source_tokens,
+                                         max_new_tokens=config.max_target_tokens, num_beams=config.num_beams,
+                                         prompt=data.prompt)
+        scores[split] = {**rouge(predictions, list(split_data["target"])), "predictions": predictions,
+                         "references": list(split_data["target"])}
+    return scores
 
 
 def run_meta(command: str) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from ..energy import EnergyMeter
 from .accounting import FlopsAccount, cost_key
 from .config import TrainConfig
 
-__all__ = ["PAD_MULTIPLE", "RunData", "RunState", "TrainingError", "setup"]
+__all__ = ["PAD_MULTIPLE", "RunData", "RunState", "TrainingError", "load_data", "setup"]
 
 PAD_MULTIPLE = 16  # batches are padded to a multiple of this, so few distinct shapes need measuring
 PROFILE_CANDIDATES = 256  # batches of the first epoch among which the profiling batch's shape is chosen
@@ -132,7 +132,7 @@ def setup(config: TrainConfig, dist: distributed.DistInfo, writer: RunWriter) ->
     longest = (max(config.max_source_tokens, config.max_target_tokens) if model.config.is_encoder_decoder
                else config.max_source_tokens + config.max_target_tokens)
     check_batch_shape(model, config.batch_size, longest)
-    data = _load_data(config, tokenizer, bool(model.config.is_encoder_decoder), dist, device)
+    data = load_data(config, tokenizer, bool(model.config.is_encoder_decoder), dist, device)
     model.train()
     probe = data.profiling_batch(model)
     base = profile_model(model, probe)
@@ -167,8 +167,12 @@ def setup(config: TrainConfig, dist: distributed.DistInfo, writer: RunWriter) ->
                                        gpu_ids=[device.index or 0] if device.type == "cuda" else None))
 
 
-def _load_data(c: TrainConfig, tokenizer: Any, is_enc_dec: bool, dist: distributed.DistInfo,
-               device: torch.device) -> RunData:
+def load_data(c: TrainConfig, tokenizer: Any, is_enc_dec: bool, dist: distributed.DistInfo | None = None,
+              device: torch.device | None = None) -> RunData:
+    """The splits of `c` encoded as a run encodes them (prompt, lengths, dropped examples); public so that a
+    baseline without training (the zero-shot model) is scored on exactly a run's validation rows."""
+    dist = dist or distributed.DistInfo()
+    device = device or torch.device("cpu")
     limits = {"train": c.max_train_examples, "validation": c.max_eval_examples, "test": c.max_eval_examples}
     splits = load_summarization(c.dataset, source_field=c.source_field, target_field=c.target_field,
                                 max_examples={k: v for k, v in limits.items() if v is not None})
