@@ -359,6 +359,7 @@ def selection_view(
             chosen_sel["mask"],
             chosen_sel["importance"],
             color_by=color_by,
+            scored=chosen_sel.get("scored"),
             title=f"Selection #{index} of {record.label} at step {chosen_sel['step']}",
         )
     except Exception as err:

@@ -179,18 +179,40 @@ def run_once(config: TrainConfig, out: Path, interrupt: _Interrupt, title: str) 
         print(f"{title}: finished earlier, read back", flush=True)
         return summary
     print(f"{title} -> {out}", flush=True)
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
     try:
         summary = execute(config, out, interrupt)
     except Exception as err:  # one failing scheme must not lose the others: record it and go on
         traceback.print_exc()
         summary = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+    record_cpu_share(out, time.time() - started, time.process_time() - cpu_started)
     print(f"  {summary['status']} in {time.time() - started:.0f} s: FLOPs ratio "
           f"{_fmt(summary.get('flops_ratio'), '.3f')}, validation loss {_fmt(summary.get('val_loss'), '.4f')}, "
           f"ROUGE-L {_fmt(summary.get('rougeL'), '.2f')}", flush=True)
     if summary.get("status") == "finished":
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return summary
+
+
+CPU_FILE = "bench_cpu.json"  # the benchmark's own note in a run folder: how much CPU the run got
+QUIET_SHARE = 0.8  # a run whose process got less of its threads' CPU time than this shared the machine
+
+
+def record_cpu_share(out: Path, elapsed: float, cpu_seconds: float) -> None:
+    """Add this stretch of a run (wall and process CPU seconds) to `<out>/bench_cpu.json`. CPU time over wall time
+    per torch thread says whether something else shared the cores while the run's wall time was taken."""
+    import torch
+
+    path = out / CPU_FILE
+    if not out.exists():
+        return
+    seen = json.loads(path.read_text()) if path.exists() else {"elapsed": 0.0, "cpu_seconds": 0.0}
+    seen = {"elapsed": seen["elapsed"] + elapsed, "cpu_seconds": seen["cpu_seconds"] + cpu_seconds,
+            "threads": torch.get_num_threads()}
+    seen["cpu_share"] = seen["cpu_seconds"] / max(seen["elapsed"], 1e-9) / seen["threads"]
+    tmp = path.with_name(f".{CPU_FILE}.tmp")
+    tmp.write_text(json.dumps(seen, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def grid_dir(work: Path, config: TrainConfig) -> Path:
@@ -280,6 +302,8 @@ def run_row(config: TrainConfig, out: Path, summary: dict) -> dict:
     row["seed"] = config.seed
     row["lr"] = config.lr
     row["run_dir"] = out.name
+    cpu = out / CPU_FILE
+    row["cpu_share"] = json.loads(cpu.read_text())["cpu_share"] if cpu.exists() else None
     record = load_run(out)
     row["selected_tensors"] = [s["trainable_tensors"] for s in record.selections]
     row["val_loss_per_epoch"] = [m["loss"] for m in record.metrics
@@ -363,6 +387,15 @@ def _fmt(value: Any, spec: str, missing: str = "-") -> str:
     return missing if value is None else format(value, spec)
 
 
+def _wall(row: dict) -> str:
+    """A run's wall time, marked when the run shared the CPU (its process got under QUIET_SHARE of its threads)."""
+    if row["wall_seconds"] is None:
+        return "-"
+    share = row.get("cpu_share")
+    shared = f" (shared CPU: got {share:.0%})" if share is not None and share < QUIET_SHARE else ""
+    return f"{row['wall_seconds']:.0f} s{shared}"
+
+
 def grid_table(p: Progress) -> list[str]:
     """The learning-rate grid's runs and picks, as Markdown lines."""
     if not p.grid:
@@ -394,7 +427,7 @@ def results_table(p: Progress, spreads: list[dict], found: dict, pending: list[s
         body.append([
             r["label"], r["seed"], _fmt(r.get("lr"), "g"), r["status"],
             "-" if r["flops_total"] is None else format_flops(r["flops_total"]), _fmt(r["flops_ratio"], ".3f"),
-            _fmt(selection_share, ".3f"), "-" if r["wall_seconds"] is None else f"{r['wall_seconds']:.0f} s",
+            _fmt(selection_share, ".3f"), _wall(r),
             "-" if mem is None else f"{mem / 2**20:.0f} MiB", f"{r['trainable_params']:,}",
             ",".join(str(n) for n in r["selected_tensors"]) or "-",
             " > ".join(f"{v:.3f}" for v in r.get("val_loss_per_epoch") or [r["val_loss"]]),
@@ -403,7 +436,9 @@ def results_table(p: Progress, spreads: list[dict], found: dict, pending: list[s
     lines = grid_table(p) + ["## Runs", "",
              "zero-shot is the untrained model, scored the same way (no training: no FLOPs). "
              "FLOPs are measured (FlopCounterMode) and include GreenTrainer's profiling and probe passes; the ratio is "
-             "to full fine-tuning on the same batches. Wall time is training plus selection (evaluation excluded). "
+             "to full fine-tuning on the same batches. Wall time is training plus selection (evaluation excluded); "
+             f"it is marked where the run's process got less than {QUIET_SHARE:.0%} of its threads' CPU time "
+             "(something else shared the cores, so that time is slower than a quiet machine's). "
              "Peak memory is the peak resident set above the start of training (CPU). The last column counts the "
              "distinct outputs among the test predictions the run record keeps (up to 5): 1 means the model writes "
              "the same summary for every input, and its ROUGE measures that one sentence, not summarisation.", "",

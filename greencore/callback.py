@@ -169,7 +169,7 @@ class GreenTrainerCallback(TrainerCallback):
                 importance = tensor_importance(model, batches, optimizer, self.metric, profile=self._profile,
                                                seed=self.seed + len(self.selections),
                                                weights=[1.0 / info.world_size] * len(batches),
-                                               reduce=distributed.gradient_reduce(info))
+                                               reduce=distributed.gradient_reduce(info), rho=self.rho)
         finally:
             model.train(was_training)
         selection = distributed.on_main(lambda: select_tensors(self._profile, importance, self.rho), info)

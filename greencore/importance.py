@@ -17,14 +17,17 @@ import torch
 from .flops import model_loss, rng_devices
 from .profile import TensorProfile, profile_model
 
-__all__ = ["IMPORTANCE_METRICS", "STRUCTURAL_METRICS", "GradientReduce", "tensor_importance"]
+__all__ = ["GRADIENT_METRICS", "IMPORTANCE_METRICS", "STRUCTURAL_METRICS", "GradientReduce", "tensor_importance"]
 
 STRUCTURAL_METRICS = ("uniform", "params")
 """Metrics that need neither data nor weights (so they work on a meta-device model): every tensor worth 1 (a
 selection then trains as many tensors as the budget allows), or worth its parameter count (as many parameters).
 They describe the architecture's costs, not what training would learn."""
 
-IMPORTANCE_METRICS = ("taylor", "grad_l1", "fisher", "magnitude", "random", *STRUCTURAL_METRICS)
+GRADIENT_METRICS = ("taylor", "grad_l1", "fisher")
+"""Metrics computed from probe gradients: the ones whose probes `rho` makes cheaper."""
+
+IMPORTANCE_METRICS = (*GRADIENT_METRICS, "magnitude", "random", *STRUCTURAL_METRICS)
 
 
 GradientReduce = Callable[[list[torch.Tensor], torch.Tensor], float]
@@ -43,6 +46,7 @@ def tensor_importance(
     seed: int = 0,
     weights: Sequence[float] | None = None,
     reduce: GradientReduce | None = None,
+    rho: float | None = None,
 ) -> np.ndarray:
     """Importance of each tensor of `profile` (profiled on the first batch when not given), averaged over `batches`.
 
@@ -54,6 +58,10 @@ def tensor_importance(
     Data-parallel use: every process passes its own shard of the same probe batches, `weights[i]` (its shard's share
     of batch i's label tokens) and `reduce`; each batch's gradient is then scaled, summed over the processes and
     scored there, so every process gets the scores of the global batches, as one process would compute them.
+
+    With `rho`, a gradient metric (`GRADIENT_METRICS`) scores only the tensors a selection within rho could train
+    (`TensorProfile.within_reach`) and gives the others 0: the probe's backward then stops at the deepest tensor
+    within reach, and the selection at rho is the one full scores would give (no selection can hold the others).
     """
     if metric not in IMPORTANCE_METRICS:
         raise ValueError(f"unknown importance metric {metric!r}; choose one of {', '.join(IMPORTANCE_METRICS)}")
@@ -79,25 +87,29 @@ def tensor_importance(
         raise ValueError(f"{len(weights)} weights for {len(batches)} probe batches")
     update = _update_rule(optimizer, tensors) if metric == "taylor" else None
 
+    scored = np.ones(len(tensors), dtype=bool) if rho is None else profile.within_reach(rho)
+    wanted = [t for t, keep in zip(tensors, scored) if keep]
     total = np.zeros(len(tensors))
+    if not wanted:
+        return total
     saved = [t.requires_grad for t in tensors]
     try:
-        for t in tensors:
-            t.requires_grad_(True)
+        for t, keep in zip(tensors, scored):
+            t.requires_grad_(bool(keep))  # a tensor out of reach builds no graph: the backward stops above it
         for batch, weight in zip(batches, weights):
             with torch.random.fork_rng(devices=rng_devices(tensors)):
                 loss = model_loss(model, batch) * weight  # exact for the weight 1 of a single process
-                grads = list(torch.autograd.grad(loss, tensors, allow_unused=True))
+                grads = list(torch.autograd.grad(loss, wanted, allow_unused=True))
             used = [g is not None for g in grads]
             if reduce is None:
                 value = loss.item()
-            else:  # every process must send a gradient for every tensor, used here or not
-                grads = [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads)]
+            else:  # every process must send a gradient for every scored tensor, used here or not
+                grads = [torch.zeros_like(t) if g is None else g for t, g in zip(wanted, grads)]
                 value = reduce(grads, loss.detach().float())
             if not math.isfinite(value):
                 raise ValueError(f"the probe loss is {value}: importance cannot be computed on a diverged model")
-            for k, (t, g) in enumerate(zip(tensors, grads)):
-                if used[k]:
+            for k, t, g, ok in zip(np.flatnonzero(scored), wanted, grads, used):
+                if ok:
                     total[k] += _score(metric, t, g, update)
     finally:
         for t, flag in zip(tensors, saved):

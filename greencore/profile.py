@@ -84,10 +84,15 @@ class TensorProfile:
         gradients down to it."""
         return self.t_dw + np.concatenate(([0.0], np.cumsum(self.t_dy)))[self.reach]
 
+    def within_reach(self, rho: float) -> np.ndarray:
+        """Which tensors a step within `rho` can train: alone, with the activation gradients down to it (the chain
+        model). No selection at rho can hold any other tensor, so only these need an importance score."""
+        return self.t_fp + self.single_tensor_costs() <= rho * self.full_flops * (1 + 1e-12)
+
     def deepest_trainable(self, rho: float) -> int:
-        """The deepest chain position (index, in backprop order) whose tensor a step within `rho` can train: alone,
-        with the activation gradients down to it (the chain model). -1 when rho trains nothing."""
-        fits = np.nonzero(self.t_fp + self.single_tensor_costs() <= rho * self.full_flops * (1 + 1e-12))[0]
+        """The deepest chain position (index, in backprop order) whose tensor a step within `rho` can train
+        (`within_reach`). -1 when rho trains nothing."""
+        fits = np.nonzero(self.within_reach(rho))[0]
         return int(fits.max()) if len(fits) else -1
 
     def as_mask(self, trainable: Any) -> np.ndarray:

@@ -122,6 +122,7 @@ class SelectionRow(TypedDict, total=False):
     names: list[str]
     mask: list[bool]
     importance: list[float]
+    scored: list[bool]  # which importances were computed: a probe skips the tensors out of rho's reach (they hold 0)
     predicted_ratio: float
     objective: float
     trainable_tensors: int

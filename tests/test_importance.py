@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import token_batch
-from greencore import profile_model, tensor_importance
+from greencore import profile_model, select_tensors, tensor_importance
+from greencore.flops import flop_counter
 
 
 @pytest.fixture()
@@ -141,3 +142,28 @@ def test_weights_and_the_reduce_hook_are_what_the_distributed_path_uses(setup):
     np.testing.assert_allclose(doubled, 2 * plain, rtol=1e-6)
     with pytest.raises(ValueError, match="weights"):
         tensor_importance(model, batches, metric="grad_l1", profile=profile, weights=[1.0] * (len(batches) + 1))
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-t5", "tiny-opt"])
+def test_probes_at_rho_score_every_selectable_tensor_for_less(tiny_models, name):
+    """With rho, the probe scores exactly the tensors a selection at rho can hold (the selection is unchanged) and
+    its measured FLOPs are what the profile predicts of a step training all of them: less than a full probe."""
+    model, _ = tiny_models(name)
+    model.eval()
+    batches = [token_batch(model, 2, 16, seed=s) for s in range(2)]
+    profile = profile_model(model, batches[0])
+    alone = (profile.t_fp + profile.single_tensor_costs()) / profile.full_flops  # rho to train each tensor alone
+    for share in (0.3, 0.6):
+        rho = float(np.quantile(alone, share))
+        within = profile.within_reach(rho)
+        assert within.any() and not within.all()
+        with flop_counter() as whole:
+            full = tensor_importance(model, batches, profile=profile)
+        with flop_counter() as cut:
+            part = tensor_importance(model, batches, profile=profile, rho=rho)
+        np.testing.assert_allclose(part[within], full[within], rtol=1e-5, atol=1e-12)
+        assert (part[~within] == 0).all()
+        assert select_tensors(profile, part, rho).mask.tolist() == select_tensors(profile, full, rho).mask.tolist()
+        assert cut.get_total_flops() == pytest.approx(len(batches) * profile.step_flops(within), rel=0.02)
+        assert cut.get_total_flops() < whole.get_total_flops()
+    assert all(p.requires_grad for p in model.parameters())  # flags restored

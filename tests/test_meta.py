@@ -140,6 +140,7 @@ def test_deepest_trainable_against_one_tensor_selections(tiny_models):
             if select_tensors(profile, importance, float(rho)).mask[k]:
                 alone.append(k)
         assert profile.deepest_trainable(float(rho)) == max(alone)
+        assert np.flatnonzero(profile.within_reach(float(rho))).tolist() == alone
     assert profile.deepest_trainable(profile.min_rho) == -1
 
 

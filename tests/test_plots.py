@@ -115,6 +115,14 @@ def test_heatmap_hover_lists_flag_importance_and_flops():
     assert hover[2:] == ["selected: no", "importance: 0.001", "t_dw: 2.5 MFLOPs", "t_dy: 2 MFLOPs"]
 
 
+def test_heatmap_hover_says_which_importances_the_probe_skipped():
+    profile = hand_profile()
+    scored = [name != "b1.q.weight" for name in profile.names]
+    fig = selection_heatmap(profile, HAND_MASK, HAND_IMPORTANCE, scored=scored)
+    assert "importance: not scored (out of rho's reach)" in cell(fig, "block 1", "q.weight", "text").split("<br>")
+    assert "importance: 2" in cell(fig, "block 1", "mlp_in.weight", "text").split("<br>")
+
+
 @pytest.mark.parametrize(
     "color_by, row, col, expected",
     [("importance", "block 0", "v.weight", 3.0), ("importance", "embeddings/head", "embed.weight", -1.0),

@@ -27,8 +27,13 @@ def test_green_run_records_and_flops(tmp_path):
     assert [m["step"] for m in train_rows] == list(range(1, summary["steps"] + 1))
     assert summary["steps"] == 2 * (summary["train_examples"] // 8)
     assert len(run.selections) == 2 == summary["selections"]  # one per epoch
+    within = run.profile().within_reach(0.5)
+    assert within.any() and not within.all()
     for sel in run.selections:
         assert sel["predicted_ratio"] <= 0.5 + 1e-9 and any(sel["mask"])
+        # the probes scored exactly the tensors a selection at 0.5 can hold; the others hold 0 and are not chosen
+        assert sel["scored"] == within.tolist()
+        assert all(i == 0 and not m for i, m, ok in zip(sel["importance"], sel["mask"], sel["scored"]) if not ok)
     # FLOPs: measured training steps stay close to the predicted ratio (the profile's batch shape differs a little)
     assert summary["flops_ratio_training"] == pytest.approx(run.selections[0]["predicted_ratio"], abs=0.03)
     assert summary["flops_total"] == pytest.approx(summary["flops_training"] + summary["flops_selection"])

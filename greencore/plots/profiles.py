@@ -42,19 +42,22 @@ def selection_heatmap(
     importance: Any = None,
     color_by: str = "selected",
     title: str | None = None,
+    scored: Any = None,
 ) -> go.Figure:
     """Per-layer grid of the model's tensors: rows are blocks (input at the bottom), columns canonical tensor types.
 
     Cells are coloured by `color_by`: "selected" (needs `mask`), "importance" (needs `importance`), "t_dw" or
     "t_dy"; a block without a tensor of some type leaves that cell empty. Hover shows each tensor's name, flag,
-    importance and FLOPs. Tensors outside blocks share one row ("embeddings/head", or "enc/dec (other)" for the
-    final norms of an encoder-decoder's stacks).
+    importance and FLOPs; with `scored` (a selection record's mask of computed importances) a tensor whose score
+    the probe skipped, out of rho's reach, says so instead of showing its placeholder 0. Tensors outside blocks share
+    one row ("embeddings/head", or "enc/dec (other)" for the final norms of an encoder-decoder's stacks).
     """
     if color_by not in COLOR_BY:
         raise ValueError(f"color_by={color_by!r} is not one of {', '.join(COLOR_BY)}")
     n = len(profile)
     m = None if mask is None else profile.as_mask(mask)
     imp = None if importance is None else _per_tensor(importance, n, "importance")
+    computed = np.ones(n, dtype=bool) if scored is None else profile.as_mask(scored)
     if color_by == "selected" and m is None:
         raise ValueError("color_by='selected' needs a mask (one bool per profiled tensor, or the trained names)")
     if color_by == "importance" and imp is None:
@@ -78,7 +81,7 @@ def selection_heatmap(
         if m is not None:
             hover.append(f"selected: {'yes' if m[k] else 'no'}")
         if imp is not None:
-            hover.append(f"importance: {imp[k]:.3g}")
+            hover.append(f"importance: {imp[k]:.3g}" if computed[k] else "importance: not scored (out of rho's reach)")
         hover += [f"t_dw: {format_flops(profile.t_dw[k])}", f"t_dy: {format_flops(profile.t_dy[k])}"]
         text[r][c] = "<br>".join(hover)
 

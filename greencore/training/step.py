@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
 import torch
 
 from ..flops import flop_counter, model_loss
-from ..importance import tensor_importance
+from ..importance import GRADIENT_METRICS, tensor_importance
 from ..records import SelectionRow, TrainRow, checkpoints
 from ..select import require_tensors, select_tensors
 from ..trainable import set_trainable
@@ -71,10 +72,11 @@ def reselect(s: RunState, epoch: int, step: int) -> SelectionRow:
     with flop_counter() as counter:
         importance = tensor_importance(s.model, [b for b, _ in probes], s.optimizer, metric, profile=s.profile,
                                        seed=c.seed + s.selection_index, weights=[w for _, w in probes],
-                                       reduce=distributed.gradient_reduce(s.dist))
+                                       reduce=distributed.gradient_reduce(s.dist), rho=s.scheme.rho)
     selection, importance = distributed.broadcast_object(
         (select_tensors(s.profile, importance, s.scheme.rho), importance), s.dist)
     require_tensors(selection, metric)
+    scored = s.profile.within_reach(s.scheme.rho) if metric in GRADIENT_METRICS else np.ones(len(importance), bool)
     set_trainable(s.model, selection.trainable, s.optimizer, candidates=s.profile.names)
     s.trainable = selection.trainable
     seconds = time.perf_counter() - started
@@ -84,7 +86,9 @@ def reselect(s: RunState, epoch: int, step: int) -> SelectionRow:
     row: SelectionRow = {
         "type": "selection", "index": s.selection_index, "step": step, "epoch": epoch, "rho": s.scheme.rho,
         "metric": metric, "profile": "profile.json", "names": s.profile.names, "mask": selection.mask.tolist(),
-        "importance": [float(x) for x in importance], "predicted_ratio": selection.predicted_ratio,
+        "importance": [float(x) for x in importance],
+        "scored": scored.tolist(),
+        "predicted_ratio": selection.predicted_ratio,
         "objective": selection.objective, "trainable_tensors": len(selection.trainable),
         "flops_overhead": sum(overhead), "seconds": seconds}
     if s.dist.enabled:
