@@ -84,9 +84,20 @@ def test_quality_runs_and_checks(results):
     data = load(out, "quality_quick")
     runs, failed = data["runs"], data["failed"]
     labels = {(r["label"], r["seed"]) for r in runs} | {(f["label"], f["seed"]) for f in failed}
-    expected = {(s, 0) for s in ("full", "lora", "top-k:2", "bitfit", "green:0.4", "green:0.5", "green:0.6",
+    expected = {(s, 0) for s in ("full", "lora", "top-k:2", "layernorm", "green:0.4", "green:0.5", "green:0.6",
                                  "green:0.7", "random:0.5")} | {(s, 1) for s in ("full", "lora", "green:0.5")}
     assert labels == expected and not data["pending"] and not failed, failed
+    # the learning-rate grid: each family's pick is the lowest validation loss it tried, and its runs use it
+    grid = data["lr_grid"]
+    assert set(grid["picked"]) == {"full", "lora", "top-k:2", "layernorm", "green:0.5"}
+    for family, lr in grid["picked"].items():
+        tried = {g["lr"]: g["val_loss"] for g in grid["runs"] if g["family"] == family}
+        assert set(grid["start"]) <= set(tried) and tried[lr] == min(tried.values())
+    family = {"green": "green:0.5", "random": "green:0.5"}
+    assert all(r["lr"] == grid["picked"][family.get(r["scheme"], r["label"])] for r in runs)
+    zero = data["zero_shot"]
+    assert zero["label"] == "zero-shot" and zero["steps"] == 0 and math.isfinite(zero["val_loss"])
+    assert "every_run_above_zero_shot" in data["checks"]
     by = {(r["label"], r["seed"]): r for r in runs}
     assert by[("full", 0)]["flops_ratio"] == 1.0 and by[("full", 0)]["flops_selection"] == 0
     for r in runs:
