@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import signal
 import sys
@@ -128,10 +129,12 @@ def finished_summary(out: Path, config: TrainConfig) -> dict | None:
 
 
 class _Interrupt:
-    """Ctrl-C asks the current run to stop cleanly (checkpoint and summary first); a second Ctrl-C kills."""
+    """Ctrl-C asks the current run to stop cleanly (checkpoint and summary first); a second Ctrl-C kills. In the
+    benchmark's process it passes the request on to the run's own process; in that process it stops the run."""
 
     def __init__(self) -> None:
         self.run: Run | None = None
+        self.child: Any = None
         self.requested = False
 
     def __enter__(self) -> "_Interrupt":
@@ -148,6 +151,8 @@ class _Interrupt:
         print("\ninterrupt: stopping after this step (checkpoint first); Ctrl-C again to kill", flush=True)
         if self.run is not None:
             self.run.stop("interrupted")
+        if self.child is not None and self.child.is_alive():
+            os.kill(self.child.pid, signal.SIGINT)
 
 
 def execute(config: TrainConfig, out: Path, interrupt: _Interrupt) -> dict:
@@ -170,22 +175,58 @@ def execute(config: TrainConfig, out: Path, interrupt: _Interrupt) -> dict:
     return run.summary
 
 
-def run_once(config: TrainConfig, out: Path, interrupt: _Interrupt, title: str) -> dict:
-    """The summary of `config`'s run in `out`: read back when it finished earlier, else run (or continued) now. A
-    failure is returned as a summary with status "failed", so one scheme cannot lose the others. A finished run's
-    checkpoints are deleted: the benchmark keeps records (config, metrics, selections, summary), not weights."""
+def _execute_here(config: dict, out: str) -> None:
+    """The body of a run's own process: run `config` in `out`, noting the CPU it got; a Ctrl-C passed on by the
+    benchmark stops the run cleanly. It starts in its own process group, so a terminal's Ctrl-C reaches it once,
+    through the benchmark."""
+    os.setpgrp()
+    started, cpu_started = time.time(), time.process_time()
+    with _Interrupt() as interrupt:
+        try:
+            execute(TrainConfig.from_dict(config), Path(out), interrupt)
+        finally:
+            record_cpu_share(Path(out), time.time() - started, time.process_time() - cpu_started)
+
+
+def execute_fresh(config: TrainConfig, out: Path, interrupt: _Interrupt) -> dict:
+    """`execute` in a fresh process, so each run's peak memory (the resident set above its start) is its own: the
+    memory a finished run freed stays with the process that ran it, and a later run in that process would read
+    as needing none. Returns the summary the run wrote, or a failed one when its process died without one."""
+    import multiprocessing
+
+    started = time.time()
+    child = multiprocessing.get_context("spawn").Process(target=_execute_here, args=(config.to_dict(), str(out)))
+    child.start()
+    interrupt.child = child
+    try:
+        child.join()
+    finally:
+        interrupt.child = None
+        if child.is_alive():
+            child.kill()
+            child.join()
+    summary_path = out / "summary.json"
+    if summary_path.exists() and summary_path.stat().st_mtime >= started:
+        return json.loads(summary_path.read_text())
+    raise RuntimeError(f"the run's process exited with code {child.exitcode} without a summary")
+
+
+def run_once(config: TrainConfig, out: Path, interrupt: _Interrupt, title: str, fresh_process: bool = True) -> dict:
+    """The summary of `config`'s run in `out`: read back when it finished earlier, else run (or continued) now, in a
+    fresh process unless told otherwise (the grid's short runs report no memory). A failure is returned as a summary with status "failed", so one scheme cannot lose the others.
+    A finished run's checkpoints are deleted: the benchmark keeps records (config, metrics, selections, summary),
+    not weights."""
     summary = finished_summary(out, config)
     if summary is not None:
         print(f"{title}: finished earlier, read back", flush=True)
         return summary
     print(f"{title} -> {out}", flush=True)
-    started, cpu_started = time.time(), time.process_time()
+    started = time.time()
     try:
-        summary = execute(config, out, interrupt)
+        summary = (execute_fresh if fresh_process else execute)(config, out, interrupt)
     except Exception as err:  # one failing scheme must not lose the others: record it and go on
         traceback.print_exc()
         summary = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
-    record_cpu_share(out, time.time() - started, time.process_time() - cpu_started)
     print(f"  {summary['status']} in {time.time() - started:.0f} s: FLOPs ratio "
           f"{_fmt(summary.get('flops_ratio'), '.3f')}, validation loss {_fmt(summary.get('val_loss'), '.4f')}, "
           f"ROUGE-L {_fmt(summary.get('rougeL'), '.2f')}", flush=True)
@@ -199,16 +240,18 @@ QUIET_SHARE = 0.8  # a run whose process got less of its threads' CPU time than 
 
 
 def record_cpu_share(out: Path, elapsed: float, cpu_seconds: float) -> None:
-    """Add this stretch of a run (wall and process CPU seconds) to `<out>/bench_cpu.json`. CPU time over wall time
-    per torch thread says whether something else shared the cores while the run's wall time was taken."""
+    """Add this stretch of a run (wall and process CPU seconds, in the run's own process) to `<out>/bench_cpu.json`.
+    CPU time over wall time per torch thread says whether something else shared the cores while the run's wall time
+    was taken. `fresh_process` says the run never shared its process with another (notes older than that lack it)."""
     import torch
 
     path = out / CPU_FILE
     if not out.exists():
         return
-    seen = json.loads(path.read_text()) if path.exists() else {"elapsed": 0.0, "cpu_seconds": 0.0}
+    seen = json.loads(path.read_text()) if path.exists() else {"elapsed": 0.0, "cpu_seconds": 0.0,
+                                                                "fresh_process": True}
     seen = {"elapsed": seen["elapsed"] + elapsed, "cpu_seconds": seen["cpu_seconds"] + cpu_seconds,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "fresh_process": seen.get("fresh_process", False)}
     seen["cpu_share"] = seen["cpu_seconds"] / max(seen["elapsed"], 1e-9) / seen["threads"]
     tmp = path.with_name(f".{CPU_FILE}.tmp")
     tmp.write_text(json.dumps(seen, indent=2) + "\n")
@@ -233,7 +276,7 @@ def tune_learning_rates(settings: dict, families: list[str], grid: dict, work: P
             lr = queue.pop(0)
             config = TrainConfig(scheme=family, seed=0, **{**settings, **grid, "lr": lr})
             out = grid_dir(work, config)
-            summary = run_once(config, out, interrupt, f"grid {family} lr {lr:g}")
+            summary = run_once(config, out, interrupt, f"grid {family} lr {lr:g}", fresh_process=False)
             if summary.get("status") not in ("finished", "failed"):
                 break  # interrupted mid-run: it resumes from its checkpoint next time
             loss = summary.get("val_loss")
@@ -302,8 +345,10 @@ def run_row(config: TrainConfig, out: Path, summary: dict) -> dict:
     row["seed"] = config.seed
     row["lr"] = config.lr
     row["run_dir"] = out.name
-    cpu = out / CPU_FILE
-    row["cpu_share"] = json.loads(cpu.read_text())["cpu_share"] if cpu.exists() else None
+    cpu = json.loads((out / CPU_FILE).read_text()) if (out / CPU_FILE).exists() else {}
+    row["cpu_share"] = cpu.get("cpu_share")
+    if not cpu.get("fresh_process"):  # run after another in one process: the resident set it grew into was there
+        row["peak_memory_bytes"] = None
     record = load_run(out)
     row["selected_tensors"] = [s["trainable_tensors"] for s in record.selections]
     row["val_loss_per_epoch"] = [m["loss"] for m in record.metrics
@@ -439,7 +484,10 @@ def results_table(p: Progress, spreads: list[dict], found: dict, pending: list[s
              "to full fine-tuning on the same batches. Wall time is training plus selection (evaluation excluded); "
              f"it is marked where the run's process got less than {QUIET_SHARE:.0%} of its threads' CPU time "
              "(something else shared the cores, so that time is slower than a quiet machine's). "
-             "Peak memory is the peak resident set above the start of training (CPU). The last column counts the "
+             "Peak memory is the peak resident set above the start of training (CPU), each run in a fresh process; "
+             "'-' where a run shared its process with earlier ones (taken before the benchmark gave each run its "
+             "own), whose freed memory the process kept, so that run's peak would read too low (bench_memory "
+             "measures one step of each scheme properly). The last column counts the "
              "distinct outputs among the test predictions the run record keeps (up to 5): 1 means the model writes "
              "the same summary for every input, and its ROUGE measures that one sentence, not summarisation.", "",
              markdown_table(header, body)]

@@ -114,6 +114,8 @@ def test_quality_runs_and_checks(results):
         # tiny-gpt2's tied vocabulary projection leaves rho 0.4 room for nothing: that run trains no tensor at all
         nothing = r["scheme"] == "green" and r["selected_tensors"] == [0]
         assert r["wall_seconds"] > 0 and (r["trainable_params"] > 0 or nothing)
+        # each run had a process of its own, so its peak resident set is its own (none is left out as shared)
+        assert r["peak_memory_bytes"] is not None and r["peak_memory_bytes"] >= 0 and 0 < r["cpu_share"] <= 1.5
     assert {s["label"] for s in data["spread"]} == {"full", "lora", "green:0.5"}
     assert {"green_0.5_vs_full_first_seed", "random_0.5_below_green_0.5"} <= data["checks"].keys()
     if data["plot"]:
