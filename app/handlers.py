@@ -245,6 +245,7 @@ def start_run(
     max_eval_examples: float | None,
     num_beams: float,
     eval_rouge: bool,
+    precision: str = "auto",
 ) -> tuple[list[str], str, Any]:
     """Start a run of `scheme` in the background; returns the session's runs, a message and the run chooser."""
     try:
@@ -270,6 +271,7 @@ def start_run(
             max_eval_examples=_whole(max_eval_examples, "max eval examples", optional=True),
             num_beams=_whole(num_beams, "beams"),
             eval_rouge=bool(eval_rouge),
+            precision=precision,
         )
         handle = background.start(config, Path(runs_dir))
     except Exception as err:

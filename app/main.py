@@ -14,7 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from greencore import BUILTIN_MODELS, DATASETS, IMPORTANCE_METRICS, TrainConfig
+from greencore import BUILTIN_MODELS, DATASETS, IMPORTANCE_METRICS, PRECISIONS, TrainConfig
 from greencore.explore import ExploreSpec
 from greencore.plots import COLOR_BY
 from greencore.schemes import SCHEMES
@@ -108,6 +108,8 @@ def build_app(runs_dir: str | Path = Path("runs"), *, explore_defaults: ExploreS
                                      elem_id="max-eval")
                 num_beams = gr.Number(t.num_beams, label="beams (1: greedy)", elem_id="num-beams")
                 eval_rouge = gr.Checkbox(t.eval_rouge, label="ROUGE at the end")
+                precision = gr.Dropdown(list(PRECISIONS), value=t.precision, label="precision",
+                                        info="auto: bf16 on a GPU that has it, else fp32", elem_id="precision")
                 start_button = gr.Button("Start run", variant="primary", elem_id="start-run")
             train_message = gr.Markdown(elem_id="train-message")
             with gr.Row():
@@ -152,7 +154,7 @@ def build_app(runs_dir: str | Path = Path("runs"), *, explore_defaults: ExploreS
 
         # Train
         settings = [train_model, train_dataset, scheme, train_rho, k, epochs, max_steps, train_batch, lr, interval,
-                    interval_unit, max_train, max_eval, num_beams, eval_rouge]
+                    interval_unit, max_train, max_eval, num_beams, eval_rouge, precision]
         start_button.click(partial(handlers.start_run, runs_dir), [runs_state, *settings],
                            [runs_state, train_message, run_choice], api_name="start_run")
         stop_button.click(handlers.stop_run, [runs_state, run_choice], train_message, api_name="stop_run")

@@ -306,7 +306,9 @@ def zero_shot_row(settings: dict, work: Path) -> dict:
     path = work / "zero-shot" / "scores.json"
     wanted = {k: v for k, v in config.to_dict().items() if k not in ("scheme", "lr", "label")}
     saved = json.loads(path.read_text()) if path.exists() else None
-    if saved is None or saved.get("config") != wanted:
+    # read through TrainConfig, so a setting added since (at its default) does not count as a change
+    if saved is None or {k: v for k, v in TrainConfig.from_dict({**saved["config"], "scheme": "full", "lr": config.lr})
+                         .to_dict().items() if k in wanted} != wanted:
         print("zero-shot: scoring the untrained model", flush=True)
         started = time.time()
         scores = zero_shot_scores(config)

@@ -20,6 +20,7 @@ _EXPORTS = {
     "load_summarization": ".data",
     "Run": ".training",
     "TrainConfig": ".training",
+    "PRECISIONS": ".training",
     "TrainingError": ".training",
     "train": ".training",
     "measure_training_flops": ".flops",

@@ -153,7 +153,8 @@ class GreenTrainerCallback(TrainerCallback):
         self._probe_iter = None
 
     def _select(self, state: TrainerState, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """Profile (once), score, select and apply; record the selection."""
+        """Profile (once), score, select and apply; record the selection. The probes call the model the Trainer
+        prepared, whose forward runs in the Trainer's precision (accelerate wraps it in autocast for bf16 / fp16)."""
         batches = self._next_probe_batches(_device_of(model))
         was_training = model.training
         model.train()

@@ -55,9 +55,9 @@ def _config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...]) -> None:
             continue
         # no default here: `args` holds only the flags given (TrainConfig fills in the rest), so that --resume can
         # tell a flag the user typed from a default
-        if f.type == "bool":  # a switch that turns a default-on setting off
-            p.add_argument(flag(f.name), dest=f.name, action="store_false", default=argparse.SUPPRESS,
-                           help=f.metadata["help"])
+        if f.type == "bool":  # a switch that turns a default-on setting off, or a default-off one on
+            p.add_argument(flag(f.name), dest=f.name, action="store_false" if f.default else "store_true",
+                           default=argparse.SUPPRESS, help=f.metadata["help"])
             continue
         kind = {"int": int, "float": float}.get(f.type.replace(" | None", ""), str)
         shown = "" if f.default is None else f" (default: {f.default})"

@@ -48,7 +48,7 @@ from transformers import (
 )
 
 __all__ = ["BUILTIN_MODELS", "check_batch_shape", "check_findable", "estimated_step_bytes", "load_model",
-           "resolve_device", "smollm2_folder"]
+           "resolve_device", "set_attention", "smollm2_folder"]
 
 Loaded = tuple[PreTrainedModel, PreTrainedTokenizerBase]
 
@@ -123,6 +123,34 @@ def load_model(
     model.to(device=target, dtype=dtype)
     model.eval()
     return model, tokenizer
+
+
+def set_attention(model: PreTrainedModel, attention: str, device: torch.device) -> str:
+    """Switch `model` to the attention kernels `attention` names and return the ones it now runs.
+
+    eager runs attention as separate matrix products and a softmax; sdpa runs torch's fused
+    `scaled_dot_product_attention` (flash or memory-efficient kernels on CUDA), whose backward recomputes the
+    attention scores: one more Q·Kᵀ product per call, which FlopCounterMode counts and the profile predicts (it
+    traces the kernels the model runs). auto is sdpa on CUDA, where the fused kernels pay off, and eager on a CPU.
+    An architecture that cannot switch stays as it is under auto and is a clear error when sdpa is asked for.
+    """
+    from .training.config import ATTENTIONS
+
+    if attention not in ATTENTIONS:
+        raise ValueError(f"--attention {attention!r} (attention=) must be one of {', '.join(ATTENTIONS)}")
+    wanted = ("sdpa" if device.type == "cuda" else "eager") if attention == "auto" else attention
+    if model.config._attn_implementation != wanted:
+        try:
+            model.set_attn_implementation(wanted)
+        except (ValueError, ImportError) as err:
+            if attention != "auto":
+                raise ValueError(f"--attention {wanted}: {type(model).__name__} cannot run it ({err}); use "
+                                 "--attention eager") from None
+    running = model.config._attn_implementation
+    if attention != "auto" and running != wanted:  # some architectures log a warning and keep their kernels
+        raise ValueError(f"--attention {wanted}: {type(model).__name__} cannot switch its attention implementation "
+                         f"(it runs {running}); use --attention {running} or auto")
+    return running
 
 
 def check_batch_shape(model: PreTrainedModel, batch_size: int, seq_len: int) -> None:

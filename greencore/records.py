@@ -89,6 +89,7 @@ class TrainRow(TypedDict):
     energy_kwh: float | None  # training energy so far (selections included), all ranks; None with --no-energy
     co2_kg: float | None
     energy_method: str | None  # this process's (`EnergyMeter.method`): "estimated: ..." or "measured: ..."
+    skipped: bool  # fp16 only: the gradients were not finite, so the optimizer did not step (the loss scale fell)
 
 
 class EvalRow(TypedDict, total=False):
@@ -158,6 +159,13 @@ class Summary(TypedDict, total=False):
     model: str
     dataset: str
     prompt: str  # the prompt that ran ("auto" resolved: tldr or chat)
+    precision: str  # the precision that ran ("auto" resolved: fp32, bf16 or fp16)
+    skipped_steps: int  # fp16: optimizer steps skipped for inf/NaN gradients (0 otherwise)
+    attention: str  # the attention kernels that ran: eager or sdpa ("auto" resolved)
+    gradient_checkpointing: bool  # activations recomputed in the backward pass (its FLOPs are in the measurement)
+    # (measured - predicted) / predicted step FLOPs, of the measured step of the profiled batch shape whose
+    # prediction missed most: 0 when the cost model is exact; activation checkpointing's recomputation shows here
+    prediction_miss: float | None
     status: str  # finished, stopped, interrupted or failed
     steps: int
     flops_total: float  # training steps plus selection work

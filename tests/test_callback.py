@@ -205,3 +205,17 @@ def test_rho_that_trains_no_tensor_raises_before_training(tiny_models, tmp_path)
 def test_bad_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GreenTrainerCallback(**kwargs)
+
+
+def test_probes_run_in_the_precision_the_trainer_trains_in(tiny_models, tmp_path):
+    """With the Trainer's bf16, the callback's profiling and probe passes run in bf16 like the Trainer's own steps
+    (they call the model the Trainer prepared, whose forward accelerate wraps in autocast)."""
+    base, tokenizer = tiny_models("tiny-llama")
+    model = copy.deepcopy(base)
+    dtypes = []
+    first = model.model.layers[0].self_attn.q_proj
+    first.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    green = GreenTrainerCallback(rho=0.5, probe_batches=2)
+    _trainer(model, tokenizer, tmp_path, [green], max_steps=1, bf16=True).train()
+    assert green.selections and 0 < green.selections[0]["predicted_ratio"] <= 0.5
+    assert len(dtypes) >= 2 + 1 and set(dtypes) == {torch.bfloat16}  # profile, 2 probes, the one step

@@ -15,7 +15,8 @@ Names are imported on first use, so `training.config` stays light (the CLI's par
 
 import importlib
 
-_EXPORTS = {"Run": ".loop", "train": ".loop", "TrainConfig": ".config", "TrainingError": ".setup"}
+_EXPORTS = {"Run": ".loop", "train": ".loop", "TrainConfig": ".config", "PRECISIONS": ".config",
+            "TrainingError": ".setup"}
 
 
 def __getattr__(name: str):

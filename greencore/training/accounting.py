@@ -57,11 +57,27 @@ class Counters:
 
 @dataclass
 class FlopsAccount:
-    """Measured FLOPs per (trainable set, cost key) and per cost key for full fine-tuning, and the run's counters."""
+    """Measured FLOPs per (trainable set, cost key) and per cost key for full fine-tuning, and the run's counters.
+
+    With `predict` set (the profile's step FLOPs for a trainable set) and `profile_key` (the cost key of the batch the
+    profile traced), every measured step of that key is also compared with its prediction: `prediction_miss` says
+    by how much the cost model missed what ran (0 when exact; activation checkpointing's recomputation shows here).
+    """
 
     counters: Counters = field(default_factory=Counters)
     step: dict[tuple, tuple[int, int]] = field(default_factory=dict)  # (trainable, key) -> (forward, backward)
     full: dict[tuple, int] = field(default_factory=dict)  # key -> FLOPs of a full fine-tuning step
+    predicted: dict[tuple, float] = field(default_factory=dict)  # (trainable, profile_key) -> predicted step FLOPs
+    profile_key: tuple | None = None
+    predict: Callable[[list[str]], float | None] | None = None
+
+    @property
+    def prediction_miss(self) -> float | None:
+        """(measured - predicted) / predicted of the measured step whose prediction missed most, or None if no
+        measured step had the profiled batch's shape."""
+        misses = [(sum(self.step[index]) - predicted) / predicted for index, predicted in self.predicted.items()
+                  if index in self.step and predicted]
+        return max(misses, key=abs) if misses else None
 
     @contextlib.contextmanager
     def measure_step(self, trainable: list[str], key: tuple) -> Iterator[Callable[[str], Any]]:
@@ -82,6 +98,10 @@ class FlopsAccount:
         yield phase
         if index not in self.step:
             self.step[index] = (measured["forward"], measured["backward"])
+            if key == self.profile_key and self.predict is not None:
+                predicted = self.predict(trainable)
+                if predicted is not None:
+                    self.predicted[index] = predicted
         self.counters.flops_training += sum(self.step[index])
 
     def add_full_equivalent(self, model: torch.nn.Module, batch: Mapping[str, torch.Tensor], key: tuple,
@@ -97,7 +117,9 @@ class FlopsAccount:
         differ from an unmeasured one in the last bits)."""
         return {"counters": asdict(self.counters),
                 "measured": {"step": [[list(names), key, list(counts)] for (names, key), counts in self.step.items()],
-                             "full": [[key, total] for key, total in self.full.items()]}}
+                             "full": [[key, total] for key, total in self.full.items()],
+                             "predicted": [[list(names), key, total]
+                                           for (names, key), total in self.predicted.items()]}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.counters = Counters(**state["counters"])
@@ -105,6 +127,8 @@ class FlopsAccount:
         self.step = {(tuple(names), _key_from_json(key)): tuple(counts)
                      for names, key, counts in measured.get("step", [])}
         self.full = {_key_from_json(key): total for key, total in measured.get("full", [])}
+        self.predicted = {(tuple(names), _key_from_json(key)): total
+                          for names, key, total in measured.get("predicted", [])}
 
 
 class _adapters_disabled:

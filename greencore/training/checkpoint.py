@@ -2,7 +2,7 @@
 
 A checkpoint (`records.RunWriter.save_checkpoint`, written atomically) holds the weights, the optimizer moments of
 the tensors that have them, and `state.json`: where the loop stood, the trainable set, the schedule, the FLOPs
-account and every RNG. Under DDP rank 0 writes one checkpoint holding every rank's counters and RNG, after checking
+account, the fp16 loss scale and every RNG. Under DDP rank 0 writes one checkpoint holding every rank's counters and RNG, after checking
 that the ranks' weights are bit-identical; resuming needs the same number of processes.
 """
 
@@ -45,7 +45,7 @@ def save(s: "RunState", name: str, at: Position) -> dict:
     state = {"global_step": at.step, "epoch": at.epoch, "index": at.index, "trainable": s.trainable,
              "selection_index": s.selection_index, "trainable_params": s.trainable_params,
              "scheduler": s.scheduler.state_dict(), "rng": _rng_state(), "energy": s.energy.state_dict(),
-             **s.account.state_dict()}
+             "precision": s.precision.state_dict(), **s.account.state_dict()}
     if s.dist.enabled:  # every rank's counters and RNG go into rank 0's checkpoint; the weights must be identical
         fingerprints = distributed.all_gather_object(distributed.weights_fingerprint(s.model), s.dist)
         if len(set(fingerprints)) > 1:
@@ -92,6 +92,7 @@ def restore(s: "RunState", out: Path) -> tuple[Path, Position]:
     s.trainable_params = state["trainable_params"]
     s.account.load_state_dict(state)
     s.energy.load_state_dict(state.get("energy", {}))
+    s.precision.load_state_dict(state.get("precision", {}))
     _set_rng_state(state["rng"])
     s.writer.truncate_after(state["global_step"])
     return latest, Position(state["epoch"], state["index"], state["global_step"])

@@ -17,6 +17,9 @@ from typing import Any
 
 from ..schemes import Scheme, parse_scheme
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # here, not in .precision: the CLI's --help needs no torch
+ATTENTIONS = ("auto", "eager", "sdpa")  # greencore.models.set_attention says what each runs
+
 __all__ = ["DEMO", "TrainConfig", "flag"]
 
 
@@ -68,6 +71,14 @@ class TrainConfig:
     eval_rouge: bool = _setting(True, "skip generation and ROUGE at the end", flag="--no-rouge")
     seed: int = _setting(0, "seed of initialisation, data order, probes and dropout")
     device: str = _setting("auto", "auto, cpu, cuda or cuda:N")
+    precision: str = _setting("auto", "fp32, bf16 or fp16 (autocast with fp32 master weights; fp16 with loss scaling); "
+                              "auto: bf16 on a CUDA device that supports it, else fp32", choices=PRECISIONS)
+    attention: str = _setting("auto", "attention kernels: eager, or sdpa (fused; its backward recomputes the scores, "
+                              "counted); auto: sdpa on CUDA, eager on a CPU", choices=ATTENTIONS)
+    gradient_checkpointing: bool = _setting(False, "recompute each block's activations in the backward pass "
+                                            "(non-reentrant) to save memory; the FLOPs measured include the "
+                                            "recomputation, the predicted ones do not (the summary says by how much "
+                                            "they differ)", flag="--gradient-checkpointing")
     source_field: str | None = _setting(None, "source column of a local data file")
     target_field: str | None = _setting(None, "target column of a local data file")
     keep_checkpoints: int = _setting(2, "checkpoints kept in the run folder (newest first)")
@@ -82,6 +93,7 @@ class TrainConfig:
         from ..data.batching import PROMPTS  # here, not at the top: the CLI's --help needs no torch
         from ..importance import IMPORTANCE_METRICS
         from ..models import resolve_device
+        from .precision import resolve_precision
 
         self._check_types()
         spec = parse_scheme(self.scheme, rho=self.rho, k=self.k)
@@ -92,6 +104,8 @@ class TrainConfig:
             ("metric", self.metric in IMPORTANCE_METRICS, f"one of {', '.join(IMPORTANCE_METRICS)}"),
             ("interval_unit", self.interval_unit in ("epoch", "step"), "'epoch' or 'step'"),
             ("prompt", self.prompt in PROMPTS, f"one of {', '.join(PROMPTS)}"),
+            ("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+            ("attention", self.attention in ATTENTIONS, f"one of {', '.join(ATTENTIONS)}"),
             ("epochs", self.epochs >= 1, ">= 1"),
             ("max_steps", self.max_steps is None or self.max_steps >= 1, ">= 1"),
             ("batch_size", self.batch_size >= 1, ">= 1"),
@@ -110,7 +124,8 @@ class TrainConfig:
             from ..energy import check_country
 
             self.country = check_country(self.country)
-        resolve_device(self.device)  # a device this machine does not have fails now, not after loading the model
+        resolve_precision(self.precision, resolve_device(self.device))  # a device (or a precision) this machine does
+        # not have fails now, not after loading the model
 
     def _check_types(self) -> None:
         """Each value of the kind its field declares: a whole number for an int (4.0 becomes 4; 2.5 is refused, not

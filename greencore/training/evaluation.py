@@ -25,7 +25,7 @@ def validate(s: RunState, epoch: int, step: int) -> EvalRow:
 
     started = time.perf_counter()
     s.energy.cut("training")
-    with torch.random.fork_rng(devices=rng_devices(s.model.parameters())):
+    with torch.random.fork_rng(devices=rng_devices(s.model.parameters())), s.precision.autocast():
         part = distributed.chunk(s.data.val_rows, s.dist)
         local = validation_loss(s.model, s.tokenizer, part, batch_size=s.config.batch_size) if part else 0.0
         tokens = sum(distributed.label_tokens(r, s.data.is_encoder_decoder) for r in part)
@@ -59,10 +59,10 @@ def final_evaluation(s: RunState, step: int) -> Iterator[EvalRow]:
         if len(data) == 0:
             continue
         sources = distributed.chunk(list(data["source"]), s.dist)
-        predictions = generate_summaries(s.model, s.tokenizer, sources, max_source_tokens=c.max_source_tokens,
-                                         max_new_tokens=c.max_target_tokens, num_beams=c.num_beams,
-                                         prompt=s.data.prompt) \
-            if sources else []
+        with s.precision.autocast():
+            predictions = generate_summaries(s.model, s.tokenizer, sources, max_source_tokens=c.max_source_tokens,
+                                             max_new_tokens=c.max_target_tokens, num_beams=c.num_beams,
+                                             prompt=s.data.prompt) if sources else []
         predictions = [p for part in distributed.all_gather_object(predictions, s.dist) for p in part]
         result = rouge(predictions, list(data["target"]))
         scores.update({f"{split}_{k}": v for k, v in result.items()})

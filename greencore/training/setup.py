@@ -15,12 +15,13 @@ from typing import Any, Iterator
 import torch
 
 from ..data import collate, encode_examples, load_summarization, pad_batch, resolve_prompt
-from ..models import check_batch_shape, load_model
+from ..models import check_batch_shape, load_model, set_attention
 from ..profile import TensorProfile, profile_model
 from ..records import RunWriter
 from ..schemes import Scheme
 from ..select import check_rho
 from ..trainable import set_trainable
+from .precision import Precision
 from . import distributed
 from ..energy import EnergyMeter
 from .accounting import FlopsAccount, cost_key
@@ -122,6 +123,8 @@ class RunState:
     selection_index: int = 0
     trainable_params: int = 0
     memory: Any = None  # the `summary.PeakMemory` of the training loop, once it runs
+    precision: Precision = field(default_factory=lambda: Precision("fp32", torch.device("cpu")))
+    attention: str = "eager"  # the attention kernels the model runs (`models.set_attention`)
 
 
 def setup(config: TrainConfig, dist: distributed.DistInfo, writer: RunWriter) -> RunState:
@@ -129,23 +132,29 @@ def setup(config: TrainConfig, dist: distributed.DistInfo, writer: RunWriter) ->
     scheme = config.spec
     device = distributed.resolve_device(config.device, dist)
     model, tokenizer = load_model(config.model, seed=config.seed, device=device)
+    attention = set_attention(model, config.attention, device)
+    precision = Precision(config.precision, device)
     longest = (max(config.max_source_tokens, config.max_target_tokens) if model.config.is_encoder_decoder
                else config.max_source_tokens + config.max_target_tokens)
     check_batch_shape(model, config.batch_size, longest)
     data = load_data(config, tokenizer, bool(model.config.is_encoder_decoder), dist, device)
     model.train()
     probe = data.profiling_batch(model)
-    base = profile_model(model, probe)
+    with precision.autocast():  # the kernels a step runs (fused attention's may depend on the dtype)
+        base = profile_model(model, probe)
     candidates = list(base.names)
     profile = base
     if scheme.uses_peft:
         model = scheme.wrap(model, base, config)
         candidates = [n for n, p in model.named_parameters() if not p.requires_grad]
         try:
-            profile = profile_model(model, probe)
+            with precision.autocast():
+                profile = profile_model(model, probe)
         except Exception as err:
             raise ValueError(f"{scheme.name} does not run on {config.model}: {err}") from err
-    account = FlopsAccount()
+    if config.gradient_checkpointing:
+        _checkpoint_activations(model, config.model)
+    account = FlopsAccount(profile_key=cost_key(model, probe), predict=functools.partial(_predicted_step, profile))
     if scheme.reselects:
         account.counters.flops_selection += profile.t_fp  # the profiling forward pass is GreenTrainer's cost
         check_rho(profile, scheme.rho)  # before the importance pass: a budget that trains nothing fails now
@@ -162,9 +171,32 @@ def setup(config: TrainConfig, dist: distributed.DistInfo, writer: RunWriter) ->
                     tokenizer=tokenizer, data=data, profile=profile, candidates=candidates, optimizer=optimizer,
                     scheduler=scheduler, trainable=trainable, account=account,
                     replicas=distributed.Replicas(model, profile.names, device, dist, account),
+                    precision=precision, attention=attention,
                     energy=EnergyMeter(enabled=config.energy, country=config.country,
                                        grid_intensity=config.grid_intensity,
                                        gpu_ids=[device.index or 0] if device.type == "cuda" else None))
+
+
+def _predicted_step(profile: TensorProfile, trainable: list[str]) -> float | None:
+    """The profile's FLOPs of a step training `trainable`, or None for tensors the profile does not hold."""
+    if not set(trainable) <= set(profile.names):
+        return None
+    return profile.step_flops(trainable)
+
+
+def _checkpoint_activations(model: torch.nn.Module, name: str) -> None:
+    """Non-reentrant activation checkpointing: each block's activations are recomputed in the backward pass instead
+    of kept. Non-reentrant, because it works with frozen inputs and with the trainable set changing between steps.
+
+    transformers also makes the input embeddings' output require grad (reentrant checkpointing needs that); it is
+    undone here, since it would send every backward pass through the whole network (recomputing every block) and
+    undo what training only the tensors nearest the loss saves. A block the backward enters is recomputed, up to
+    the last activation its backward needs."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(f"--gradient-checkpointing: {name} ({type(model).__name__}) does not support activation "
+                         "checkpointing; train without it")
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model.disable_input_require_grads()
 
 
 def load_data(c: TrainConfig, tokenizer: Any, is_enc_dec: bool, dist: distributed.DistInfo | None = None,

@@ -32,10 +32,10 @@ def train_step(s: RunState, batch: dict, share: float, epoch: int, index: int, s
     key = cost_key(s.model, batch)
     started = time.perf_counter()
     with s.account.measure_step(s.trainable, key) as phase:
-        with phase("forward"):
+        with phase("forward"), s.precision.autocast():
             loss = model_loss(s.replicas(), batch)
         with phase("backward"):
-            (loss * (share * s.dist.world_size)).backward()
+            s.precision.backward(loss * (share * s.dist.world_size))
     seconds = time.perf_counter() - started
     energy = s.energy.cut("training")
     s.account.add_full_equivalent(s.model, batch, key, s.candidates)
@@ -46,14 +46,14 @@ def train_step(s: RunState, batch: dict, share: float, epoch: int, index: int, s
         [loss.item() * share, counters.flops_total, counters.flops_full, energy["kwh"], energy["co2_kg"]], s.dist)
     if not math.isfinite(global_loss):
         _fail(s, global_loss, epoch, step)
-    lr = _update(s)
+    lr, stepped = _update(s)
     counters.train_seconds += seconds + time.perf_counter() - started
     s.trainable_params = max(s.trainable_params, _count_params(s.model, s.trainable))
     row: TrainRow = {"type": "train", "step": step + 1, "epoch": epoch + (index + 1) / s.data.steps_per_epoch,
                      "loss": global_loss, "lr": lr, "flops": flops, "flops_full": flops_full,
                      "time": counters.seconds, "total_steps": s.data.total_steps,
                      "energy_kwh": kwh if s.energy.enabled else None, "co2_kg": co2 if s.energy.enabled else None,
-                     "energy_method": s.energy.method}
+                     "energy_method": s.energy.method, "skipped": not stepped}
     s.writer.append("metrics", row)
     return row
 
@@ -69,7 +69,7 @@ def reselect(s: RunState, epoch: int, step: int) -> SelectionRow:
     started = time.perf_counter()
     metric = s.scheme.importance_metric(c.metric)
     probes = s.data.probes(s.selection_index, c.probe_batches)
-    with flop_counter() as counter:
+    with flop_counter() as counter, s.precision.autocast():
         importance = tensor_importance(s.model, [b for b, _ in probes], s.optimizer, metric, profile=s.profile,
                                        seed=c.seed + s.selection_index, weights=[w for _, w in probes],
                                        reduce=distributed.gradient_reduce(s.dist), rho=s.scheme.rho)
@@ -98,16 +98,15 @@ def reselect(s: RunState, epoch: int, step: int) -> SelectionRow:
     return row
 
 
-def _update(s: RunState) -> float:
-    """Clip, step the optimizer and the schedule, drop the gradients; returns the learning rate used."""
+def _update(s: RunState) -> tuple[float, bool]:
+    """Clip, step the optimizer (fp16 skips a step with inf/NaN gradients) and the schedule, drop the gradients;
+    returns the learning rate used and whether the optimizer stepped."""
     params = [p for p in s.optimizer.param_groups[0]["params"] if p.grad is not None]
-    if s.config.max_grad_norm:
-        torch.nn.utils.clip_grad_norm_(params, s.config.max_grad_norm)
     lr = s.scheduler.get_last_lr()[0]
-    s.optimizer.step()
+    stepped = s.precision.step(s.optimizer, params, s.config.max_grad_norm)
     s.scheduler.step()
     s.optimizer.zero_grad(set_to_none=True)
-    return lr
+    return lr, stepped
 
 
 def _fail(s: RunState, loss: float, epoch: int, step: int) -> None:

@@ -47,6 +47,8 @@ def _write(s: RunState, status: str, step: int, ranks: list[dict], extra: dict) 
     summary: Summary = {
         "label": c.name, "scheme": s.scheme.name, "rho": s.scheme.rho, "k": s.scheme.k,
         "model": c.model, "dataset": c.dataset, "prompt": s.data.prompt, "status": status, "steps": step,
+        "precision": s.precision.name, "skipped_steps": s.precision.skipped_steps, "attention": s.attention,
+        "gradient_checkpointing": c.gradient_checkpointing, "prediction_miss": s.account.prediction_miss,
         "flops_total": total, "flops_training": training, "flops_selection": selection,
         "flops_full_equivalent": full,
         "flops_ratio": total / full if full else None,
