@@ -302,21 +302,24 @@ class _TensorSpec:
     shape: tuple[int, ...]
     stride: tuple[int, ...]
     dtype: torch.dtype
+    device: str  # the device type the op ran on (a kernel such as CUDA's flash attention exists only there)
 
 
 def _leaf_spec(x: Any) -> Any:
     if isinstance(x, torch.Tensor):
-        return _TensorSpec(tuple(x.shape), tuple(x.stride()), x.dtype)
+        return _TensorSpec(tuple(x.shape), tuple(x.stride()), x.dtype, x.device.type)
     return x
 
 
 def _replay_backward(op: _Op, needs_grad: tuple[bool, ...]) -> int:
-    """FLOPs FlopCounterMode counts for this op's backward when the inputs flagged in `needs_grad` require grad."""
-    for device in ("meta", "cpu"):
+    """FLOPs FlopCounterMode counts for this op's backward when the inputs flagged in `needs_grad` require grad:
+    replayed on the meta device (no memory, no time), else on the device the op ran on."""
+    ran_on = next((x.device for x in op.leaves if isinstance(x, _TensorSpec) and x.device != "meta"), "cpu")
+    for device in ("meta", ran_on):
         try:
             return _replay_on(op, needs_grad, device)
         except (NotImplementedError, RuntimeError):
-            if device == "cpu":
+            if device == ran_on:
                 raise
     raise AssertionError("unreachable")
 

@@ -184,3 +184,31 @@ def test_memory_peaks_come_from_the_profilers_timeline(results):
     # AdamW keeps two moments per trained parameter and a gradient of each is alive at the peak of full training
     assert full["at_peak"]["optimizer state"] >= 2 * 4 * full["trainable_params"]
     assert rows["green:0.4"]["peak_bytes"] < full["peak_bytes"] and rows["lora"]["peak_bytes"] < full["peak_bytes"]
+
+
+def test_gpu_check_exits_at_once_without_cuda():
+    if __import__("torch").cuda.is_available():
+        pytest.skip("this machine has CUDA: bench/gpu_check would run")
+    proc = subprocess.run([str(ROOT / "bench" / "gpu_check")], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "no CUDA device" in proc.stderr and not proc.stdout
+
+
+def test_gpu_check_runs_and_reports_on_the_cpu(monkeypatch, tmp_path):
+    """The device check's runs and table, with its CUDA settings swapped for a tiny model on the CPU."""
+    sys.path.insert(0, str(ROOT))
+    from bench import gpu_check
+
+    monkeypatch.setattr(gpu_check, "RUN", {**gpu_check.RUN, "model": "tiny-llama", "device": "cpu", "precision": "fp32",
+                                           "energy": False, "batch_size": 4, "max_source_tokens": 32,
+                                           "max_target_tokens": 32, "max_eval_examples": 4})
+    rows = [gpu_check.run_scheme(s, 2, tmp_path) for s in gpu_check.SCHEMES]
+    gpu_check.ratios(rows)
+    full, half, _ = rows
+    assert all(r["steps"] == 2 for r in rows) and full["flops_ratio"] == 1.0 and full["time_ratio"] == 1.0
+    # on a CPU the peak is the resident set's growth, often 0 for a tiny model in a process that ran another
+    assert all(r["peak_memory_bytes"] >= 0 for r in rows)
+    assert 0 < half["flops_ratio_training"] <= 0.5 + 1e-9 < half["flops_ratio"]  # a 2-step run: selection weighs
+    assert half["precision"] == "fp32" and half["prediction_miss"] == 0
+    assert half["time_ratio"] == half["median_step_seconds"] / full["median_step_seconds"]
+    md = gpu_check.table(rows, None, "cpu")
+    assert md.count("\n| green:") == 2 and "batch 4 x 64 tokens" in md
