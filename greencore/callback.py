@@ -103,6 +103,7 @@ class GreenTrainerCallback(TrainerCallback):
                 "GreenTrainerCallback needs the Trainer's model and optimizer; use it with Trainer.train()"
             )
         _check_all_trainable(model, optimizer)
+        _keep_backward_short(args, model)
         self._dist = distributed.current()
         if self._dist.enabled:
             _check_ddp_follows_selections(args, model)
@@ -271,6 +272,27 @@ def _probe_loader(
         collate_fn=dataloader.collate_fn,
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def _keep_backward_short(args: TrainingArguments, model: torch.nn.Module) -> None:
+    """Under the Trainer's activation checkpointing, let the backward pass stop at the deepest selected tensor.
+
+    transformers makes the input embeddings' output require grad when checkpointing is on, which sends every
+    backward through the whole network (and recomputes every block): what training only the tensors nearest the loss
+    saves would be spent anyway. Non-reentrant checkpointing (the default) does not need it, so it is removed;
+    reentrant checkpointing does, so it is refused with the fix.
+    """
+    enabled = getattr(args, "activation_checkpointing", False) or getattr(args, "gradient_checkpointing", False)
+    if not enabled:
+        return
+    kwargs = (getattr(args, "activation_checkpointing_kwargs", None)
+              or getattr(args, "gradient_checkpointing_kwargs", None) or {})
+    if kwargs.get("use_reentrant", False):
+        raise ValueError("GreenTrainerCallback with reentrant activation checkpointing would backpropagate through "
+                         "the whole network at every step; use non-reentrant checkpointing: "
+                         "TrainingArguments(activation_checkpointing_kwargs={'use_reentrant': False})")
+    if hasattr(model, "disable_input_require_grads"):
+        model.disable_input_require_grads()
 
 
 def _check_ddp_follows_selections(args: TrainingArguments, model: torch.nn.Module) -> None:

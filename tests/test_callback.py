@@ -219,3 +219,24 @@ def test_probes_run_in_the_precision_the_trainer_trains_in(tiny_models, tmp_path
     _trainer(model, tokenizer, tmp_path, [green], max_steps=1, bf16=True).train()
     assert green.selections and 0 < green.selections[0]["predicted_ratio"] <= 0.5
     assert len(dtypes) >= 2 + 1 and set(dtypes) == {torch.bfloat16}  # profile, 2 probes, the one step
+
+
+def test_activation_checkpointing_keeps_the_backward_short(tiny_models, tmp_path):
+    """Under the Trainer's (non-reentrant) activation checkpointing the backward still stops at the deepest selected
+    tensor: transformers' hook that makes the embeddings' output require grad is removed, so the first block, frozen
+    at rho 0.5, runs without grad and its weights stay as they were; reentrant checkpointing is refused."""
+    base, tokenizer = tiny_models("tiny-llama")
+    model = copy.deepcopy(base)
+    needs_grad = []
+    model.model.layers[0].register_forward_hook(lambda module, args, out: needs_grad.append(
+        (out[0] if isinstance(out, tuple) else out).requires_grad))
+    green = GreenTrainerCallback(rho=0.5, probe_batches=1)
+    before = model.model.layers[0].mlp.up_proj.weight.detach().clone()
+    _trainer(model, tokenizer, tmp_path, [green], max_steps=2, activation_checkpointing=True).train()
+    trained = {n for s in green.selections for n in s["trainable"]}
+    assert trained and not any(".layers.0." in n or "embed" in n for n in trained)
+    assert needs_grad and not any(needs_grad[-2:])  # the Trainer's two steps: no gradient flowed into block 0
+    assert torch.equal(model.model.layers[0].mlp.up_proj.weight, before)
+    with pytest.raises(ValueError, match="use_reentrant"):
+        _trainer(copy.deepcopy(base), tokenizer, tmp_path, [GreenTrainerCallback(rho=0.5)], max_steps=1,
+                 activation_checkpointing=True, activation_checkpointing_kwargs={"use_reentrant": True}).train()
