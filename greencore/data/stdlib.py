@@ -21,7 +21,7 @@ import tokenize
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import datasets
 
@@ -199,16 +199,20 @@ def stdlib_cache_path(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def load_stdlib_tldr(cache_dir: str | os.PathLike | None) -> datasets.DatasetDict:
-    """Load the cached build, building it first if needed; the cache is published atomically by a rename."""
-    path = stdlib_cache_path(cache_dir)
+    """Load the cached build, building it first if needed."""
+    return load_cached(stdlib_cache_path(cache_dir), build_stdlib_tldr)
+
+
+def load_cached(path: Path, build: Callable[[], datasets.DatasetDict]) -> datasets.DatasetDict:
+    """The data set saved at `path`, built by `build()` and published there atomically (by a rename) if missing."""
     if not path.is_dir():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f"{path.name}.tmp-", dir=path.parent)
         try:
-            pairs = build_stdlib_tldr()
+            built = build()
             datasets.disable_progress_bars()
             try:
-                pairs.save_to_disk(tmp)
+                built.save_to_disk(tmp)
             finally:
                 datasets.enable_progress_bars()
             os.chmod(tmp, 0o755)  # mkdtemp makes it private; the published cache is an ordinary folder
@@ -220,4 +224,3 @@ def load_stdlib_tldr(cache_dir: str | os.PathLike | None) -> datasets.DatasetDic
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return datasets.load_from_disk(str(path))
-

@@ -1,0 +1,67 @@
+"""stdlib-topic, the offline classification set: labels, the names removed from the texts, module-disjoint splits
+with every label in each, on a small synthetic library (fast, known answers) and on the running Python's."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from greencore.data import topics
+
+WORDS = "reads the next chunk of input and returns it to the caller after checking its length and type carefully"
+
+
+def _library(root: Path, packages: dict[str, int], docs_per_module: int = 3) -> None:
+    """`packages`: name -> module count; each module has a module docstring and `docs_per_module - 1` functions,
+    whose docstrings name the package, the module and the function."""
+    for k, (package, modules) in enumerate(packages.items()):
+        (root / package).mkdir(parents=True)
+        topic = f"topic number {k} of {len(packages)}"  # tells the packages' texts apart once names are removed
+        for i in range(modules):
+            funcs = "\n".join(textwrap.dedent(f'''
+                def helper{j}_{package}():
+                    """Use {package}.mod{i}.helper{j}_{package} when it {WORDS}, {topic}, {j} {i}."""
+                ''') for j in range(docs_per_module - 1))
+            (root / package / f"mod{i}.py").write_text(
+                f'"""The {package} module mod{i}: it {WORDS} in module {i}, {topic}."""\n{funcs}\n')
+    (root / "loner.py").write_text(f'"""A module without a package: it {WORDS}."""\n')
+
+
+def test_labels_splits_and_removed_names(tmp_path):
+    sizes = {f"pkg{chr(97 + i)}": 5 + i for i in range(11)}  # 11 packages of 5-15 modules
+    sizes["tiny"] = 3  # too few modules to spread over three splits
+    _library(tmp_path, sizes)
+    built = topics.build_stdlib_topic(tmp_path)
+    labels = built["train"].features["label"].names
+    largest = sorted(sizes, key=sizes.get, reverse=True)[:topics.LABELS_WANTED]
+    assert labels == sorted(largest) and "tiny" not in labels  # pkga (5 modules) is the 11th largest
+    modules = {split: set(built[split]["module"]) for split in built}
+    assert not (modules["train"] & modules["validation"]) and not (modules["train"] & modules["test"])
+    assert not (modules["validation"] & modules["test"])
+    for split in built:
+        assert set(built[split]["label"]) == set(range(len(labels))), split  # every label in every split
+    total = sum(len(built[s]) for s in built)
+    assert total == sum(3 * sizes[p] for p in largest)
+    assert len(built["train"]) / total == pytest.approx(0.8, abs=0.1)
+    for row in built["train"]:
+        text = row["text"].lower()
+        package, module = row["module"].split(".")
+        assert package not in text and module not in text and "helper" not in text, row
+        assert not any(label in text for label in labels)
+        assert "reads the next chunk of input" in text
+    assert topics.build_stdlib_topic(tmp_path)["test"]["text"] == built["test"]["text"]  # deterministic
+
+
+def test_running_pythons_stdlib_topic(tmp_path):
+    built = topics.load_stdlib_topic(tmp_path)
+    labels = built["train"].features["label"].names
+    assert 8 <= len(labels) <= 12
+    for split in built:
+        assert set(built[split]["label"]) == set(range(len(labels)))
+        sample = built[split].select(range(min(200, len(built[split]))))
+        assert not any(label in text.lower().split() for text in sample["text"] for label in labels)
+    assert topics.topic_cache_path(tmp_path).is_dir()
+    again = topics.load_stdlib_topic(tmp_path)  # read back from the cache
+    assert again["validation"]["text"] == built["validation"]["text"]
