@@ -1,14 +1,16 @@
-"""stdlib-topic, the offline classification set: labels, the names removed from the texts, module-disjoint splits
-with every label in each, on a small synthetic library (fast, known answers) and on the running Python's."""
+"""Classification data: stdlib-topic, the offline set (labels, the names removed from the texts, module-disjoint
+splits with every label in each, on a small synthetic library with known answers and on the running Python's), and
+`load_classification` over local files and hub presets."""
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from greencore.data import topics
+from greencore.data import load_classification, topics
 
 WORDS = "reads the next chunk of input and returns it to the caller after checking its length and type carefully"
 
@@ -65,3 +67,53 @@ def test_running_pythons_stdlib_topic(tmp_path):
     assert topics.topic_cache_path(tmp_path).is_dir()
     again = topics.load_stdlib_topic(tmp_path)  # read back from the cache
     assert again["validation"]["text"] == built["validation"]["text"]
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_local_file_with_string_labels_and_a_split_column(tmp_path):
+    rows = [{"review": f"text {i}", "sentiment": "good" if i % 3 else "bad", "split": "train"} for i in range(12)]
+    rows += [{"review": "held out", "sentiment": "bad", "split": "test"},
+             {"review": "checked", "sentiment": "good", "split": "dev"}]
+    data = load_classification(str(_jsonl(tmp_path / "d.jsonl", rows)), text_field="review", label_field="sentiment")
+    assert data["train"].features["label"].names == ["bad", "good"]
+    assert data["train"]["text"][:2] == ["text 0", "text 1"] and data["train"]["label"][:2] == [0, 1]
+    assert data["test"]["label"] == [0] and data["validation"]["text"] == ["checked"]
+
+
+def test_local_file_with_integer_labels_split_80_10_10(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("text,label\n" + "".join(f"row {i},{i % 4}\n" for i in range(40)))
+    data = load_classification(str(path))
+    assert [len(data[s]) for s in ("train", "validation", "test")] == [32, 4, 4]
+    assert data["train"].features["label"].names == ["0", "1", "2", "3"]  # csv gives strings, sorted
+    texts = [t for split in ("train", "validation", "test") for t in data[split]["text"]]
+    assert sorted(texts) == sorted(f"row {i}" for i in range(40))
+    ints = _jsonl(tmp_path / "i.jsonl", [{"text": f"t{i}", "label": 10 - i % 2, "split": "train"} for i in range(4)]
+                  + [{"text": "v", "label": 9, "split": "validation"}])
+    assert load_classification(str(ints))["train"].features["label"].names == ["9", "10"]  # integers in order
+
+
+@pytest.mark.parametrize("rows, fields, match", [
+    ([{"text": "a", "label": "x", "split": "train"}, {"text": "b", "label": "y", "split": "test"}], {},
+     "label 'y', which no training row has"),
+    ([{"text": "a", "label": "x"}], {"label_field": "class"}, "no field 'class'.*--label-field"),
+    ([{"text": "", "label": "x"}], {}, "non-empty text"),
+    ([{"text": "a", "label": 1.5}], {}, "a string or an integer"),
+])
+def test_bad_local_files_fail_clearly(tmp_path, rows, fields, match):
+    with pytest.raises(ValueError, match=match):
+        load_classification(str(_jsonl(tmp_path / "d.jsonl", rows)), **fields)
+
+
+def test_unknown_names_and_offline_hub_presets_fail_clearly(monkeypatch):
+    with pytest.raises(ValueError, match="unknown classification data set 'imdb'"):
+        load_classification("imdb")
+    with pytest.raises(ValueError, match="only apply to local files"):
+        load_classification("stdlib-topic", text_field="body")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(ValueError, match="could not load 'sst2'.*offline, use 'stdlib-topic'"):
+        load_classification("sst2", cache_dir="/nonexistent-cache")

@@ -104,7 +104,19 @@ def _load_local(path: Path, source_field: str, target_field: str) -> datasets.Da
             raise ValueError(f"row {number} of {path} needs non-empty text in {source_field!r} and {target_field!r}, "
                              f"got {values!r}: fix or remove that row")
         pairs.append(values)
-    if "split" in available:
+    order, assigned = local_splits(path, records)
+    pairs = [pairs[i] for i in order]
+    return datasets.DatasetDict({
+        split: datasets.Dataset.from_dict(
+            {"source": [s for (s, _), a in zip(pairs, assigned) if a == split],
+             "target": [t for (_, t), a in zip(pairs, assigned) if a == split]}, features=FEATURES)
+        for split in SPLITS})
+
+
+def local_splits(path: Path, records: list[dict]) -> tuple[list[int], list[str]]:
+    """How a local file's rows are split: (the order to take them in, the split of each row in that order). By the
+    file's `split` column where it has one (in file order), else 80/10/10 after a seeded shuffle."""
+    if any("split" in record for record in records):
         assigned = []
         for number, record in enumerate(records, 1):
             split = _SPLIT_ALIASES.get(str(record.get("split", "")).strip().lower())
@@ -112,15 +124,11 @@ def _load_local(path: Path, source_field: str, target_field: str) -> datasets.Da
                 raise ValueError(f"row {number} of {path} has split {record.get('split')!r}: use train, validation "
                                  f"or test (or remove the split column to split 80/10/10 automatically)")
             assigned.append(split)
-    else:
-        random.Random(_LOCAL_SEED).shuffle(pairs)
-        n_held = len(pairs) // 10
-        assigned = ["train"] * (len(pairs) - 2 * n_held) + ["validation"] * n_held + ["test"] * n_held
-    return datasets.DatasetDict({
-        split: datasets.Dataset.from_dict(
-            {"source": [s for (s, _), a in zip(pairs, assigned) if a == split],
-             "target": [t for (_, t), a in zip(pairs, assigned) if a == split]}, features=FEATURES)
-        for split in SPLITS})
+        return list(range(len(records))), assigned
+    order = list(range(len(records)))
+    random.Random(_LOCAL_SEED).shuffle(order)
+    n_held = len(records) // 10
+    return order, ["train"] * (len(records) - 2 * n_held) + ["validation"] * n_held + ["test"] * n_held
 
 
 def _limit(data: datasets.DatasetDict, max_examples: Mapping[str, int] | int) -> datasets.DatasetDict:
