@@ -9,6 +9,7 @@ attention kernels.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import importlib.util
@@ -26,6 +27,7 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
     AutoTokenizer,
     BertConfig,
     BertLMHeadModel,
@@ -97,13 +99,17 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     trust_remote_code: bool = False,
+    num_labels: int | None = None,
 ) -> Loaded:
     """Load a model and its tokenizer by built-in name (see `BUILTIN_MODELS`), hub id or local path.
 
     `seed` makes every randomly initialised weight reproducible. The model is moved to `device` (see
     `resolve_device`) and `dtype`, and is returned in eval mode, as `from_pretrained` returns it: call `.train()`
-    before fine-tuning.
+    before fine-tuning. With `num_labels` it is a sequence classifier (`AutoModelForSequenceClassification`: the
+    pretrained body under a new head of `num_labels` outputs; a decoder pools its last non-pad token).
     """
+    if num_labels is not None and (isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2):
+        raise ValueError(f"num_labels={num_labels!r} must be an integer >= 2 (the number of classes)")
     target = resolve_device(device)
     if dtype is not None and not isinstance(dtype, torch.dtype):
         raise ValueError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
@@ -118,8 +124,10 @@ def load_model(
         torch.manual_seed(seed)
         if builder is not None:
             model, tokenizer = builder()
+            if num_labels is not None:
+                model = _as_classifier(model, num_labels, name)
         else:
-            model, tokenizer = _load_pretrained(name, trust_remote_code)
+            model, tokenizer = _load_pretrained(name, trust_remote_code, num_labels)
     model.to(device=target, dtype=dtype)
     model.eval()
     return model, tokenizer
@@ -457,12 +465,35 @@ def check_findable(name: str, builtins: Sequence[str] = tuple(BUILTIN_MODELS)) -
         raise ValueError(f"{where}, and the Hugging Face Hub cannot be reached ({type(err).__name__}: {err})") from None
 
 
-def _load_pretrained(name: str, trust_remote_code: bool) -> Loaded:
-    """Load `name` as a Hugging Face hub id or local checkpoint directory, preferring eager attention."""
+def _as_classifier(model: PreTrainedModel, num_labels: int, name: str) -> PreTrainedModel:
+    """A built-in language model's body under a new sequence-classification head of `num_labels` outputs: the
+    architecture's `AutoModelForSequenceClassification` class, every weight of the body (the part under the
+    model's `base_model_prefix`) carried over, the new tensors (head, a pooler) initialised as transformers does."""
+    if model.config.is_encoder_decoder:
+        raise ValueError(f"{name} is an encoder-decoder model; classification needs a decoder or an encoder model "
+                         f"(e.g. smollm2, minilm, tiny-llama)")
+    config = copy.deepcopy(model.config)
+    config.num_labels = num_labels
+    classifier = AutoModelForSequenceClassification.from_config(config, attn_implementation=config._attn_implementation)
+    prefix = classifier.base_model_prefix + "."
+    body = {k: v for k, v in model.state_dict().items() if k.startswith(prefix)}
+    unknown = sorted(set(body) - set(classifier.state_dict()))
+    if not body or unknown:
+        raise ValueError(f"{name}'s weights do not fit {type(classifier).__name__} ({len(unknown)} of its body's "
+                         f"tensors have no place there, e.g. {unknown[:3]}); classify with another model")
+    classifier.load_state_dict(body, strict=False)
+    return classifier
+
+
+def _load_pretrained(name: str, trust_remote_code: bool, num_labels: int | None = None) -> Loaded:
+    """Load `name` as a Hugging Face hub id or local checkpoint directory, preferring eager attention; with
+    `num_labels`, as a sequence classifier (a checkpoint without its head gets a new one)."""
     check_findable(name)
     try:
-        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
-        auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code,
+                                            **({"num_labels": num_labels} if num_labels else {}))
+        auto = (AutoModelForSequenceClassification if num_labels
+                else AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM)
         kwargs = {"config": config, "trust_remote_code": trust_remote_code}
         try:
             model = auto.from_pretrained(name, attn_implementation="eager", **kwargs)
@@ -477,7 +508,7 @@ def _load_pretrained(name: str, trust_remote_code: bool) -> Loaded:
         ) from err
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
-    for config in (model.config, model.generation_config):
-        if getattr(config, "pad_token_id", None) is None:
-            config.pad_token_id = tokenizer.pad_token_id
+    for config in (model.config, getattr(model, "generation_config", None)):
+        if config is not None and getattr(config, "pad_token_id", None) is None:
+            config.pad_token_id = tokenizer.pad_token_id  # a classifier pools the last token before the padding
     return model, tokenizer
