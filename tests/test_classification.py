@@ -57,3 +57,39 @@ def test_bad_classifier_requests_fail_clearly():
         load_model("tiny-llama", num_labels=1)
     with pytest.raises(ValueError, match="encoder-decoder"):
         load_model("tiny-t5", num_labels=2)
+
+
+class _Labelled(torch.utils.data.Dataset):
+    """Random token rows with a class label each."""
+
+    def __init__(self, vocab: int, n: int = 16, seq_len: int = 16) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.rows = [{"input_ids": torch.randint(5, vocab, (seq_len,), generator=g),
+                      "attention_mask": torch.ones(seq_len, dtype=torch.long), "labels": torch.tensor(i % 3)}
+                     for i in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]
+
+
+def test_green_trainer_callback_fine_tunes_a_classifier(tmp_path):
+    """The callback needs nothing task-specific: on a classifier under the Trainer it selects within rho, the head
+    included, and trains exactly the selection."""
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    from greencore.callback import GreenTrainerCallback
+
+    model, _ = load_model("tiny-llama", num_labels=3)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    green = GreenTrainerCallback(rho=0.5, probe_batches=1)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, save_strategy="no", max_steps=2,
+                             per_device_train_batch_size=4, disable_tqdm=True, learning_rate=1e-3)
+    Trainer(model=model, args=args, train_dataset=_Labelled(model.get_input_embeddings().num_embeddings),
+            data_collator=default_data_collator, callbacks=[green]).train()
+    selection = green.selections[0]
+    assert 0 < selection["predicted_ratio"] <= 0.5 and "score.weight" in selection["trainable"]
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == set(selection["trainable"])
