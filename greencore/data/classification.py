@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import datasets
 
-from .sources import _LOCAL_SEED, _LOCAL_SUFFIXES, _limit, _read_records, local_splits
+from .sources import _LOCAL_SEED, _LOCAL_SUFFIXES, _limit, local_splits, read_local
 from .stdlib import SPLITS
 from .topics import load_stdlib_topic
 
@@ -45,16 +45,7 @@ def _load_hub(name: str, cache_dir: str | None) -> datasets.DatasetDict:
 def _load_local(path: Path, text_field: str, label_field: str) -> datasets.DatasetDict:
     """A local file: its `split` column or 80/10/10; the classes are the training split's labels (strings, or
     integers, sorted), and a label only validation or test has is a clear error."""
-    if not path.is_file():
-        raise ValueError(f"file {path} does not exist: pass the path of a .jsonl, .json or .csv file")
-    records = _read_records(path)
-    if not records:
-        raise ValueError(f"{path} holds no rows: a data set needs at least one labelled text")
-    available = sorted({key for record in records for key in record})
-    for role, field in (("text_field", text_field), ("label_field", label_field)):
-        if field not in available:
-            raise ValueError(f"{path} has no field {field!r}; its fields are {available}: name one with "
-                             f"--{role.replace('_', '-')} ({role}= in Python)")
+    records = read_local(path, {"text_field": text_field, "label_field": label_field}, "labelled text")
     rows: list[tuple[str, Any]] = []
     for number, record in enumerate(records, 1):
         text, label = record.get(text_field), record.get(label_field)

@@ -87,16 +87,8 @@ def _parse_records(path: Path) -> list[dict]:
 
 def _load_local(path: Path, source_field: str, target_field: str) -> datasets.DatasetDict:
     """A local file as train/validation/test: by its `split` column if it has one, else 80/10/10 by a seeded shuffle."""
-    if not path.is_file():
-        raise ValueError(f"file {path} does not exist: pass the path of a .jsonl, .json or .csv file")
-    records = _read_records(path)
-    if not records:
-        raise ValueError(f"{path} holds no rows: a data set needs at least one (source, target) pair")
-    available = sorted({key for record in records for key in record})
-    for role, field in (("source_field", source_field), ("target_field", target_field)):
-        if field not in available:
-            raise ValueError(f"{path} has no field {field!r}; its fields are {available}: name one with "
-                             f"--{role.replace('_', '-')} ({role}= in Python)")
+    records = read_local(path, {"source_field": source_field, "target_field": target_field},
+                         "(source, target) pair")
     pairs = []
     for number, record in enumerate(records, 1):
         values = (record.get(source_field), record.get(target_field))
@@ -111,6 +103,22 @@ def _load_local(path: Path, source_field: str, target_field: str) -> datasets.Da
             {"source": [s for (s, _), a in zip(pairs, assigned) if a == split],
              "target": [t for (_, t), a in zip(pairs, assigned) if a == split]}, features=FEATURES)
         for split in SPLITS})
+
+
+def read_local(path: Path, fields: Mapping[str, str], row: str) -> list[dict]:
+    """The rows of a local data file, which must exist, hold at least one `row` and have every column of `fields`
+    (setting name -> column name, as in `{"source_field": "source"}`)."""
+    if not path.is_file():
+        raise ValueError(f"file {path} does not exist: pass the path of a .jsonl, .json or .csv file")
+    records = _read_records(path)
+    if not records:
+        raise ValueError(f"{path} holds no rows: a data set needs at least one {row}")
+    available = sorted({key for record in records for key in record})
+    for role, field in fields.items():
+        if field not in available:
+            raise ValueError(f"{path} has no field {field!r}; its fields are {available}: name one with "
+                             f"--{role.replace('_', '-')} ({role}= in Python)")
+    return records
 
 
 def local_splits(path: Path, records: list[dict]) -> tuple[list[int], list[str]]:
