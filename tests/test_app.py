@@ -302,6 +302,21 @@ def test_compare_lists_runs_written_by_the_engine(tmp_path):
     assert "training energy" in by_energy.layout.xaxis.title.text
 
 
+def test_compare_opens_the_quality_benchmarks_run_folders():
+    """The committed smollm2 quality runs (bench/results/quality_smollm2/) open in Compare, each finished run of the
+    benchmark's results file with its ROUGE-L (the grid's short runs, scored by loss only, are listed too)."""
+    import json
+
+    results = Path(__file__).resolve().parents[1] / "bench" / "results"
+    runs = json.loads((results / "quality_smollm2.json").read_text())["runs"]
+    message, table, pareto = handlers.compare_runs(results / "quality_smollm2")
+    rows = table.set_index("directory")
+    assert runs and f"{len(table)} run(s)" in message
+    for r in runs:
+        assert rows.loc[r["run_dir"], "ROUGE-L"] == f"{r['rougeL']:.1f}", r["run_dir"]
+    assert {t.name for t in pareto.data} >= {r["scheme"] for r in runs}
+
+
 def test_compare_of_an_empty_directory(tmp_path):
     message, table, pareto = handlers.compare_runs(tmp_path / "nothing")
     assert "No finished runs" in message and table.empty
