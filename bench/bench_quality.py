@@ -163,6 +163,8 @@ def execute(config: TrainConfig, out: Path, interrupt: _Interrupt) -> dict:
     else:
         run = Run(config, out, overwrite=True)
     interrupt.run = run
+    if interrupt.requested:  # Ctrl-C came while the run was being set up
+        run.stop("interrupted")
     try:
         for event in run.events():
             if event["type"] == "selection":
@@ -208,6 +210,8 @@ def execute_fresh(config: TrainConfig, out: Path, interrupt: _Interrupt) -> dict
     summary_path = out / "summary.json"
     if summary_path.exists() and summary_path.stat().st_mtime >= started:
         return json.loads(summary_path.read_text())
+    if interrupt.requested:  # stopped before it could write a summary (while starting up)
+        return {"status": "interrupted"}
     raise RuntimeError(f"the run's process exited with code {child.exitcode} without a summary")
 
 
