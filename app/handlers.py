@@ -17,19 +17,21 @@ from typing import Any, NamedTuple
 import gradio as gr
 import pandas as pd
 
-from greencore import BUILTIN_MODELS, DATASETS, IMPORTANCE_METRICS, TrainConfig, list_runs, load_run, plots
+from greencore import BUILTIN_MODELS, IMPORTANCE_METRICS, TrainConfig, list_runs, load_run, plots
 from greencore.explore import ExploreSpec, check_dataset, explore
 from greencore.importance import STRUCTURAL_METRICS
 from greencore.meta import ARCHITECTURES
 from greencore.records import RunRecord
 from greencore.schemes import SCHEMES
 from greencore.select import round_rho_up
+from greencore.tasks import get_task
 
 from . import runs as background
 
 __all__ = [
     "ExploreView",
     "SelectionView",
+    "compare_columns",
     "compare_runs",
     "explore_form",
     "live_view",
@@ -39,14 +41,14 @@ __all__ = [
     "selection_view",
     "start_run",
     "stop_run",
+    "task_form",
     "update_selection",
 ]
 
 log = logging.getLogger(__name__)
 
 SKIP = gr.skip()  # "leave this output as it is"
-COMPARE_COLUMNS = ["run", "scheme", "rho", "FLOPs", "savings", "time", "energy", "CO2", "energy saved", "ROUGE-1",
-                   "ROUGE-2", "ROUGE-L", "status", "directory"]
+RUN_COLUMNS = ["run", "scheme", "rho", "FLOPs", "savings", "time", "energy", "CO2", "energy saved"]
 PARETO_AXES = {"training FLOPs": "flops", "training energy": "energy"}
 
 
@@ -116,28 +118,41 @@ def profile_choice(
     rho: float | None,
     color_by: str,
     config_only: bool = False,
+    task: str = "summarization",
     progress: gr.Progress = gr.Progress(),
 ) -> tuple[ExploreSpec | None, ...]:
     """Profile and score a model choice (cached per choice), then show the selection at `rho`.
 
     `config_only` builds the model from its config on the meta device (no weights, no data: exact costs, a
-    structural importance). Returns the new session state followed by the `ExploreView` fields; on a bad choice the
+    structural importance); `task` "classification" profiles the model under a new classification head on
+    labelled batches. Returns the new session state followed by the `ExploreView` fields; on a bad choice the
     message says what to change, and the state (`current`) and the figures stay as they were.
     """
     try:
         spec = ExploreSpec(
             model=(model or "").strip(),
-            dataset=(dataset or "").strip() or "stdlib-tldr",
+            dataset=(dataset or "").strip(),
             batch_size=_whole(batch_size, "batch size"),
             seq_len=_whole(seq_len, "sequence length"),
             metric=metric,
             probe_batches=_whole(probe_batches, "probe batches"),
             config_only=bool(config_only),
+            task=task,
         )
         explore(spec, progress=lambda fraction, message: progress(fraction, desc=message))
     except Exception as err:
         return (current, *ExploreView(_problem(err), SKIP, SKIP, SKIP, SKIP, SKIP))
     return (spec, *update_selection(spec, rho, color_by))
+
+
+def task_form(task: str) -> Any:
+    """The data set list of `task` (Explore and Train), with its default chosen."""
+    try:
+        spec = get_task(task)
+    except ValueError as err:
+        gr.Warning(str(err))
+        return SKIP
+    return gr.update(choices=list(spec.datasets()), value=spec.default_dataset)
 
 
 def explore_form(config_only: bool, model: str, metric: str) -> tuple[Any, Any, Any, Any]:
@@ -246,17 +261,20 @@ def start_run(
     num_beams: float,
     eval_rouge: bool,
     precision: str = "auto",
+    task: str = "summarization",
 ) -> tuple[list[str], str, Any]:
-    """Start a run of `scheme` in the background; returns the session's runs, a message and the run chooser."""
+    """Start a run of `scheme` on `task` in the background; returns the session's runs, a message and the run
+    chooser."""
     try:
-        dataset = (dataset or "").strip()
-        if dataset not in DATASETS:
-            check_dataset(dataset)  # a local file: say now, not from the run's thread, if it cannot be read
+        dataset = (dataset or "").strip() or get_task(task).default_dataset
+        if dataset not in get_task(task).datasets():
+            check_dataset(dataset, task)  # a local file: say now, not from the run's thread, if it cannot be read
         if scheme not in SCHEMES:
             raise ValueError(f"unknown scheme {scheme!r}: choose one of {', '.join(SCHEMES)}")
         parameter = SCHEMES[scheme].parameter
         config = TrainConfig(
             model=(model or "").strip(),
+            task=task,
             dataset=dataset,
             scheme=scheme,
             rho=_rho(rho) if parameter == "rho" else None,
@@ -422,8 +440,9 @@ def _status_row(path: str, record: RunRecord | None) -> str:
 
 
 def compare_runs(runs_dir: str | Path, axis: str = "training FLOPs") -> tuple[str, pd.DataFrame, Any]:
-    """Every run with a summary under `runs_dir` (app and CLI runs alike): a table and ROUGE-L against training
-    FLOPs or energy (`axis`, a key of PARETO_AXES).
+    """Every run with a summary under `runs_dir` (app and CLI runs alike): a table with each task's scores (ROUGE,
+    or accuracy and macro-F1 beside the majority class's) and the headline score against training FLOPs or energy
+    (`axis`, a key of PARETO_AXES).
 
     A damaged run is listed with its folder and what is wrong, after the others, and hides none of them."""
     runs_dir = Path(runs_dir)
@@ -439,9 +458,16 @@ def compare_runs(runs_dir: str | Path, axis: str = "training FLOPs") -> tuple[st
         rows += [{"run": rec.path.name, "status": f"damaged: {rec.damaged}",
                   "directory": str(rec.path.relative_to(runs_dir))} for rec in damaged]
         figure = plots.pareto(summaries, x=PARETO_AXES.get(axis, "flops"))
+        columns = compare_columns(summaries)
     except Exception as err:
-        return _problem(err), pd.DataFrame(columns=COMPARE_COLUMNS), None
+        return _problem(err), pd.DataFrame(columns=compare_columns()), None
     message = f"{len(records)} run(s) with a summary" if records else "No finished runs"
     if damaged:
         message += f", {len(damaged)} damaged (see their status)"
-    return f"{message} under `{runs_dir}`.", pd.DataFrame(rows, columns=COMPARE_COLUMNS), figure
+    return f"{message} under `{runs_dir}`.", pd.DataFrame(rows, columns=columns), figure
+
+
+def compare_columns(summaries: list | tuple = ()) -> list[str]:
+    """The Compare table's columns: the runs' costs, their tasks' scores (`plots.score_columns`), status and
+    folder."""
+    return [*RUN_COLUMNS, *(label for label, _ in plots.score_columns(summaries)), "status", "directory"]

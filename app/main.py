@@ -14,10 +14,11 @@ from typing import Any
 
 import gradio as gr
 
-from greencore import BUILTIN_MODELS, DATASETS, IMPORTANCE_METRICS, PRECISIONS, TrainConfig
+from greencore import BUILTIN_MODELS, IMPORTANCE_METRICS, PRECISIONS, TrainConfig
 from greencore.explore import ExploreSpec
 from greencore.plots import COLOR_BY
 from greencore.schemes import SCHEMES
+from greencore.tasks import TASKS, get_task
 
 from . import handlers
 
@@ -63,8 +64,10 @@ def build_app(runs_dir: str | Path = Path("runs"), *, explore_defaults: ExploreS
                 config_only = gr.Checkbox(d.config_only, label="config only (no weights)", elem_id="config-only",
                                           info="any size, built on the meta device: exact costs, structural "
                                                "importance (Llama-3-70B, a config.json, a hub id's config)")
-                dataset = gr.Dropdown(list(DATASETS), value=d.dataset, label="data set", allow_custom_value=True,
-                                      info="or the path of a .jsonl/.csv file")
+                task = gr.Radio(list(TASKS), value=d.task, label="task", elem_id="explore-task",
+                                info="classification: a new classification head on labelled text")
+                dataset = gr.Dropdown(list(get_task(d.task).datasets()), value=d.dataset, label="data set",
+                                      allow_custom_value=True, info="or the path of a .jsonl/.csv file")
                 metric = gr.Dropdown(list(IMPORTANCE_METRICS), value=d.metric, label="importance metric",
                                      elem_id="explore-metric")
             with gr.Row():
@@ -90,7 +93,9 @@ def build_app(runs_dir: str | Path = Path("runs"), *, explore_defaults: ExploreS
         with gr.Tab("Train", id="train"):
             with gr.Row():
                 train_model = gr.Dropdown(list(BUILTIN_MODELS), value=t.model, label="model", allow_custom_value=True)
-                train_dataset = gr.Dropdown(list(DATASETS), value=t.dataset, label="data set", allow_custom_value=True)
+                train_task = gr.Radio(list(TASKS), value=t.task, label="task", elem_id="train-task")
+                train_dataset = gr.Dropdown(list(t.task_spec.datasets()), value=t.dataset, label="data set",
+                                            allow_custom_value=True)
                 scheme = gr.Dropdown(list(SCHEMES), value=t.spec.name, label="scheme")
                 train_rho = gr.Number(t.rho, label="rho (green, random)", step=0.05)
                 k = gr.Number(_field_default("k"), label="k (top-k blocks)")
@@ -107,7 +112,7 @@ def build_app(runs_dir: str | Path = Path("runs"), *, explore_defaults: ExploreS
                 max_eval = gr.Number(t.max_eval_examples or 0, label="max eval examples (0: all)",
                                      elem_id="max-eval")
                 num_beams = gr.Number(t.num_beams, label="beams (1: greedy)", elem_id="num-beams")
-                eval_rouge = gr.Checkbox(t.eval_rouge, label="ROUGE at the end")
+                eval_rouge = gr.Checkbox(t.eval_rouge, label="ROUGE at the end (summarization)")
                 precision = gr.Dropdown(list(PRECISIONS), value=t.precision, label="precision",
                                         info="auto: bf16 on a GPU that has it, else fp32", elem_id="precision")
                 start_button = gr.Button("Start run", variant="primary", elem_id="start-run")
@@ -133,13 +138,15 @@ def build_app(runs_dir: str | Path = Path("runs"), *, explore_defaults: ExploreS
                 pareto_axis = gr.Radio(list(handlers.PARETO_AXES), value="training FLOPs", label="x axis", scale=2,
                                        elem_id="pareto-axis")
                 refresh = gr.Button("Refresh", scale=1)
-            table = gr.Dataframe(headers=handlers.COMPARE_COLUMNS, label="runs", interactive=False, wrap=True,
+            table = gr.Dataframe(headers=handlers.compare_columns(), label="runs", interactive=False, wrap=True,
                                  elem_id="compare-table")
-            pareto = gr.Plot(label="ROUGE-L against training FLOPs or energy", elem_id="pareto")
+            pareto = gr.Plot(label="ROUGE-L (or accuracy, for classification runs) against training FLOPs or energy",
+                             elem_id="pareto")
 
         # Explore
         explore_inputs = [spec_state, model, dataset, batch_size, seq_len, metric, probe_batches, rho, color_by,
-                          config_only]
+                          config_only, task]
+        task.change(handlers.task_form, task, dataset, api_visibility="private")
         config_only.change(handlers.explore_form, [config_only, model, metric], [model, metric, dataset, probe_batches],
                            api_visibility="private")
         view = [explore_message, summary, heatmap, breakdown, tradeoff, selection_json]
@@ -154,7 +161,8 @@ def build_app(runs_dir: str | Path = Path("runs"), *, explore_defaults: ExploreS
 
         # Train
         settings = [train_model, train_dataset, scheme, train_rho, k, epochs, max_steps, train_batch, lr, interval,
-                    interval_unit, max_train, max_eval, num_beams, eval_rouge, precision]
+                    interval_unit, max_train, max_eval, num_beams, eval_rouge, precision, train_task]
+        train_task.change(handlers.task_form, train_task, train_dataset, api_visibility="private")
         start_button.click(partial(handlers.start_run, runs_dir), [runs_state, *settings],
                            [runs_state, train_message, run_choice], api_name="start_run")
         stop_button.click(handlers.stop_run, [runs_state, run_choice], train_message, api_name="stop_run")

@@ -233,7 +233,7 @@ def run_once(config: TrainConfig, out: Path, interrupt: _Interrupt, title: str, 
         summary = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
     print(f"  {summary['status']} in {time.time() - started:.0f} s: FLOPs ratio "
           f"{_fmt(summary.get('flops_ratio'), '.3f')}, validation loss {_fmt(summary.get('val_loss'), '.4f')}, "
-          f"ROUGE-L {_fmt(summary.get('rougeL'), '.2f')}", flush=True)
+          f"{config.task_spec.headline} {_fmt(summary.get(config.task_spec.headline), '.2f')}", flush=True)
     if summary.get("status") == "finished":
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return summary

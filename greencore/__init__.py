@@ -17,7 +17,11 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "DATASETS": ".data",
+    "CLASSIFICATION_DATASETS": ".data",
     "load_summarization": ".data",
+    "load_classification": ".data",
+    "TASKS": ".tasks",
+    "get_task": ".tasks",
     "Run": ".training",
     "TrainConfig": ".training",
     "PRECISIONS": ".training",

@@ -33,10 +33,15 @@ def _whole(text: str) -> int:
 
 def _common_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2", help="built-in name, hub id or local path (default: smollm2)")
-    p.add_argument("--dataset", default="stdlib-tldr", help="stdlib-tldr, scitldr, dialogsum, or a .jsonl/.csv path")
+    from .tasks import TASKS
+    from .training.config import TrainConfig
+
+    p.add_argument("--task", default="summarization", choices=tuple(TASKS),
+                   help="summarization, or classification (the model under a new classification head)")
+    p.add_argument("--dataset", help="default: the task's (stdlib-tldr; stdlib-topic for classification); a hub "
+                                     "preset, or a .jsonl/.csv path")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, default=0, help="seed of the model's initialisation and the probe batches")
-    from .training.config import TrainConfig
 
     prompt = next(f for f in dataclasses.fields(TrainConfig) if f.name == "prompt")
     p.add_argument("--prompt", default=prompt.default, choices=prompt.metadata["choices"],
@@ -119,21 +124,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _loaded(args):
-    from .data import sample_batches
     from .meta import load_config, meta_batch, meta_model
     from .models import check_batch_shape, load_model
+    from .tasks import get_task
 
+    task = get_task(args.task)
+    dataset = args.dataset or task.default_dataset
     if args.config_only:
+        if task.new_head:
+            raise ValueError(f"--config-only profiles a language model; for --task {args.task}, drop --config-only")
         model = meta_model(load_config(args.model))
         check_batch_shape(model, args.batch_size, args.seq_len)
         return model, [meta_batch(model, args.batch_size, args.seq_len, seed=args.seed)]
-    model, tokenizer = load_model(args.model, seed=args.seed, device=args.device)
+    model, tokenizer = load_model(args.model, seed=args.seed, device=args.device,
+                                  num_labels=task.num_labels(task.load(dataset)))
     model.train()
     check_batch_shape(model, args.batch_size, args.seq_len)
     count = getattr(args, "probe_batches", 1)
-    batches = sample_batches(tokenizer, args.dataset, is_encoder_decoder=bool(model.config.is_encoder_decoder),
-                             batch_size=args.batch_size, seq_len=args.seq_len, count=count, seed=args.seed,
-                             prompt=args.prompt)
+    batches = task.sample(tokenizer, dataset, is_encoder_decoder=bool(model.config.is_encoder_decoder),
+                          batch_size=args.batch_size, seq_len=args.seq_len, count=count, seed=args.seed,
+                          prompt=args.prompt)
     device = next(model.parameters()).device
     return model, [{k: v.to(device) for k, v in b.items()} for b in batches]
 

@@ -1,4 +1,5 @@
-"""Evaluation: teacher-forced validation loss, and ROUGE of generated summaries (with `rouge-score`, offline)."""
+"""Evaluation: teacher-forced validation loss, ROUGE of generated summaries (with `rouge-score`, offline), and a
+classifier's predictions with their accuracy and macro-F1 (with scikit-learn), beside the majority class's."""
 
 from __future__ import annotations
 
@@ -8,28 +9,30 @@ from typing import Sequence
 import torch
 from rouge_score import rouge_scorer
 
-from .data import IGNORE_INDEX, batches, eos_token_id, pad_prompts, pad_token_id, prompt_for_generation
+from .data import collate, encode_labelled, eos_token_id, pad_prompts, pad_token_id, prompt_for_generation, scored_targets
 from .flops import model_loss
 
-__all__ = ["generate_summaries", "rouge", "validation_loss"]
+__all__ = ["classification_scores", "generate_summaries", "predict_classes", "rouge", "validation_loss"]
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 
 @torch.no_grad()
 def validation_loss(model: torch.nn.Module, tokenizer, rows: Sequence[dict], *, batch_size: int) -> float:
-    """Mean per-token loss over `rows` (from `encode_examples`), weighting each batch by its label tokens."""
+    """Mean loss per target over `rows` (from `encode_examples` or `encode_labelled`): each batch's mean loss weighted
+    by its label tokens, or by its rows for class labels (`scored_targets`)."""
     if not rows:
         raise ValueError("no validation rows to evaluate")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    is_enc_dec = bool(getattr(model.config, "is_encoder_decoder", False))
     total, count = 0.0, 0
     try:
-        for batch in batches(tokenizer, rows, batch_size=batch_size, shuffle=False, seed=0):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            labels = batch["labels"] if model.config.is_encoder_decoder else batch["labels"][:, 1:]
-            n = int((labels != IGNORE_INDEX).sum())
+        for start in range(0, len(rows), batch_size):
+            part = rows[start:start + batch_size]
+            batch = {k: v.to(device) for k, v in collate(tokenizer, part).items()}
+            n = sum(scored_targets(r, is_enc_dec) for r in part)
             total += float(model_loss(model, batch)) * n
             count += n
     finally:
@@ -84,3 +87,45 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
         for key in ROUGE_KEYS:
             totals[key] += scores[key].fmeasure
     return {key: 100 * value / len(predictions) for key, value in totals.items()}
+
+
+@torch.no_grad()
+def predict_classes(model: torch.nn.Module, tokenizer, texts: Sequence[str], *, max_tokens: int,
+                    batch_size: int = 8) -> list[int]:
+    """The class index a sequence classifier gives each text (the argmax of its logits), encoded as training
+    encodes it (`encode_labelled`), in the order of `texts`."""
+    rows, _ = encode_labelled(tokenizer, texts, [0] * len(texts), max_tokens=max_tokens)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    predictions: list[int] = []
+    try:
+        for start in range(0, len(rows), batch_size):
+            batch = collate(tokenizer, rows[start:start + batch_size])
+            logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+                           ).logits
+            predictions.extend(int(i) for i in logits.argmax(dim=-1))
+    finally:
+        model.train(was_training)
+    return predictions
+
+
+def classification_scores(predictions: Sequence[int], references: Sequence[int], *, majority: int,
+                          num_labels: int) -> dict[str, float]:
+    """Accuracy and macro-F1 in percent, and the same two for always predicting `majority` (the training split's
+    commonest class): the floor a classifier must clear. Macro-F1 averages over all `num_labels` classes, so a
+    class the model never predicts counts as 0."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    if not predictions:
+        raise ValueError("no predictions to score")
+    labels = list(range(num_labels))
+    floor = [majority] * len(references)
+
+    def f1(guess: Sequence[int]) -> float:
+        return 100 * float(f1_score(references, guess, labels=labels, average="macro", zero_division=0))
+
+    return {"accuracy": 100 * float(accuracy_score(references, predictions)), "macro_f1": f1(predictions),
+            "majority_accuracy": 100 * float(accuracy_score(references, floor)), "majority_macro_f1": f1(floor)}

@@ -27,7 +27,7 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
-from .data import PROMPTS, load_summarization, sample_batches
+from .data import PROMPTS
 from .flops import measure_training_flops
 from .importance import IMPORTANCE_METRICS, STRUCTURAL_METRICS, tensor_importance
 from .meta import load_config, meta_batch, meta_model
@@ -35,6 +35,7 @@ from .models import check_batch_shape, load_model
 from .plots import budget_reach, tradeoff_curve
 from .profile import TensorProfile, profile_model
 from .select import Selection, select_tensors
+from .tasks import get_task
 
 __all__ = [
     "CACHE_SIZE", "ExploreSpec", "Exploration", "Profiled", "check_dataset", "explore", "profiled",
@@ -59,7 +60,7 @@ class ExploreSpec:
     """
 
     model: str = "smollm2"
-    dataset: str = "stdlib-tldr"
+    dataset: str = ""  # "": the task's default data set (stdlib-tldr, or stdlib-topic for classification)
     batch_size: int = 4
     seq_len: int = 128
     metric: str = "auto"
@@ -68,14 +69,20 @@ class ExploreSpec:
     device: str = "auto"
     prompt: str = "auto"
     config_only: bool = False
+    task: str = "summarization"  # classification: the model under a new classification head, labelled batches
 
     def __post_init__(self) -> None:
+        task = get_task(self.task)
         if self.metric == "auto":
             object.__setattr__(self, "metric", "uniform" if self.config_only else "taylor")
         if not self.model or not self.model.strip():
             raise ValueError("model is empty: give a built-in name, a hub id or a local path")
-        if not self.dataset or not self.dataset.strip():
-            raise ValueError("dataset is empty: give stdlib-tldr, a hub preset or the path of a .jsonl/.csv file")
+        object.__setattr__(self, "dataset", (self.dataset or "").strip() or task.default_dataset)
+        if not self.config_only:
+            task.check_dataset(self.dataset)
+        if self.config_only and task.new_head:
+            raise ValueError(f"config only profiles a language model; for {self.task}, load the model's weights "
+                             "(untick config only)")
         for name in ("batch_size", "seq_len", "probe_batches"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -169,14 +176,16 @@ def profiled(spec: ExploreSpec, progress: Progress | None = None) -> Profiled:
             batch = meta_batch(model, spec.batch_size, spec.seq_len, seed=spec.seed)
             report(0.3, "profiling one training step")
             return Profiled(spec.profile_key, model, [batch], profile_model(model, batch))
+        task = get_task(spec.task)
         report(0.0, f"loading {spec.model} (a first load converts or downloads it)")
-        model, tokenizer = load_model(spec.model, seed=spec.seed, device=spec.device)
+        model, tokenizer = load_model(spec.model, seed=spec.seed, device=spec.device,
+                                      num_labels=task.num_labels(task.load(spec.dataset)))
         model.train()
         check_batch_shape(model, spec.batch_size, spec.seq_len)
         report(0.2, f"sampling {spec.probe_batches} batch(es) of {spec.batch_size} x {spec.seq_len} tokens")
-        batches = sample_batches(tokenizer, spec.dataset, is_encoder_decoder=bool(model.config.is_encoder_decoder),
-                                 batch_size=spec.batch_size, seq_len=spec.seq_len, count=spec.probe_batches,
-                                 seed=spec.seed, prompt=spec.prompt)
+        batches = task.sample(tokenizer, spec.dataset, is_encoder_decoder=bool(model.config.is_encoder_decoder),
+                              batch_size=spec.batch_size, seq_len=spec.seq_len, count=spec.probe_batches,
+                              seed=spec.seed, prompt=spec.prompt)
         device = next(model.parameters()).device
         batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
         report(0.3, "profiling one training step")
@@ -202,9 +211,10 @@ def explore(spec: ExploreSpec, progress: Progress | None = None) -> Exploration:
     return _cached(_explorations, spec, build)
 
 
-def check_dataset(name: str) -> None:
-    """Load a data set once; ValueError naming it when it cannot be read (missing, not UTF-8, malformed)."""
-    load_summarization(name)
+def check_dataset(name: str, task: str = "summarization") -> None:
+    """Load a data set of `task` once; ValueError naming it when it cannot be read (missing, not UTF-8, malformed,
+    another task's)."""
+    get_task(task).load(name)
 
 
 def _cached(store: OrderedDict[Hashable, Any], key: Hashable, build: Callable[[], T]) -> T:

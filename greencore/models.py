@@ -49,8 +49,8 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-__all__ = ["BUILTIN_MODELS", "check_batch_shape", "check_findable", "estimated_step_bytes", "load_model",
-           "resolve_device", "set_attention", "smollm2_folder"]
+__all__ = ["BUILTIN_MODELS", "check_batch_shape", "check_findable", "classifier_head", "estimated_step_bytes",
+           "is_sequence_classifier", "load_model", "resolve_device", "set_attention", "smollm2_folder"]
 
 Loaded = tuple[PreTrainedModel, PreTrainedTokenizerBase]
 
@@ -131,6 +131,25 @@ def load_model(
     model.to(device=target, dtype=dtype)
     model.eval()
     return model, tokenizer
+
+
+def is_sequence_classifier(model: torch.nn.Module) -> bool:
+    """Whether `model` is one of the classes transformers registers for AutoModelForSequenceClassification."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+    names = {n for v in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values()
+             for n in ((v,) if isinstance(v, str) else v)}
+    return type(model).__name__ in names
+
+
+def classifier_head(model: torch.nn.Module) -> list[str]:
+    """The parameters of a sequence classifier's head: those outside its body (the module named by
+    `base_model_prefix`), new and randomly initialised when the classifier was made from a language model; [] for
+    any other model. Found from the model's own structure, so it holds for every architecture."""
+    if not is_sequence_classifier(model):
+        return []
+    prefix = model.base_model_prefix + "."
+    return [name for name, _ in model.named_parameters() if not name.startswith(prefix)]
 
 
 def set_attention(model: PreTrainedModel, attention: str, device: torch.device) -> str:

@@ -93,7 +93,8 @@ class TrainRow(TypedDict):
 
 
 class EvalRow(TypedDict, total=False):
-    """An evaluation (`metrics.jsonl`): validation loss after an epoch, or ROUGE of one split at the end."""
+    """An evaluation (`metrics.jsonl`): validation loss after an epoch, or the final scores of one split (ROUGE for
+    summarization; accuracy and macro-F1, with the majority class's, for classification)."""
 
     type: Literal["eval"]
     split: str
@@ -104,9 +105,13 @@ class EvalRow(TypedDict, total=False):
     rouge2: float
     rougeL: float
     rougeLsum: float
+    accuracy: float  # percent
+    macro_f1: float  # percent, averaged over every class of the training split
+    majority_accuracy: float  # always predicting the training split's commonest class
+    majority_macro_f1: float
     energy_kwh: float | None  # evaluation energy of the run so far, all ranks; None with --no-energy
     co2_kg: float | None
-    examples: list[dict[str, str]]  # the first predictions with their references
+    examples: list[dict[str, str]]  # the first predictions with their references (and, classifying, the text)
 
 
 class SelectionRow(TypedDict, total=False):
@@ -157,8 +162,9 @@ class Summary(TypedDict, total=False):
     rho: float | None
     k: int | None
     model: str
+    task: str  # summarization or classification (absent in runs recorded before classification: summarization)
     dataset: str
-    prompt: str  # the prompt that ran ("auto" resolved: tldr or chat)
+    prompt: str | None  # the prompt that ran ("auto" resolved: tldr or chat); None for classification
     precision: str  # the precision that ran ("auto" resolved: fp32, bf16 or fp16)
     skipped_steps: int  # fp16: optimizer steps skipped for inf/NaN gradients (0 otherwise)
     attention: str  # the attention kernels that ran: eager or sdpa ("auto" resolved)
@@ -174,10 +180,15 @@ class Summary(TypedDict, total=False):
     flops_full_equivalent: float
     flops_ratio: float | None
     flops_ratio_training: float | None
-    rouge1: float | None  # test split; validation_rouge1 etc. hold the validation split's
+    # the task's final scores (`Task.metrics`), of the test split; validation_<key> hold the validation split's
+    rouge1: float | None  # summarization
     rouge2: float | None
     rougeL: float | None
     rougeLsum: float | None
+    accuracy: float | None  # classification, percent
+    macro_f1: float | None
+    majority_accuracy: float | None  # the training split's commonest class, always predicted: the floor
+    majority_macro_f1: float | None
     val_loss: float | None
     wall_seconds: float
     selection_seconds: float

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 if TYPE_CHECKING:  # annotations only: this module stays importable without torch
     import torch
@@ -62,6 +62,15 @@ class Scheme:
     def trainable(self, profile: "TensorProfile") -> list[str]:
         """The tensors trained from the start (for a re-selecting scheme, every candidate until it first selects)."""
         return list(profile.names)
+
+    def initial_tensors(self, profile: "TensorProfile", head: "Sequence[str]" = ()) -> list[str]:
+        """`trainable(profile)` and a sequence classifier's `head` (`models.classifier_head`), in the profile's
+        order. The head is new and random when the classifier was made from a language model, so a scheme that
+        trains a fixed part of the model (LayerNorm tuning, BitFit) trains it too, or its outputs would mean
+        nothing; full, top-k and a re-selecting scheme's first set hold it already, and peft schemes train it
+        through `modules_to_save` (their profile names the wrapped copy). Re-selections then keep it or not."""
+        wanted = set(self.trainable(profile)) | set(head)
+        return [n for n in profile.names if n in wanted]
 
     def predicted_ratio(self, profile: "TensorProfile", importance: Any = None) -> float:
         """A step's FLOPs as a fraction of full fine-tuning, predicted from the base model's profile before training
@@ -122,8 +131,13 @@ class Lora(_Adapters):
     def wrap(self, model, profile, config=None):
         from peft import LoraConfig, get_peft_model
 
+        from .models import classifier_head
+
         c = _config(config)
         options = dict(task_type=_task(model), r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout)
+        heads = sorted({name.rsplit(".", 1)[0] for name in classifier_head(model)})
+        if heads:  # a classifier's new head is trained whole beside the adapters (peft's modules_to_save)
+            options["modules_to_save"] = heads
         try:
             return get_peft_model(model, LoraConfig(**options))
         except ValueError:
@@ -240,6 +254,10 @@ def _format(value: float | int) -> str:
 def _task(model: Any) -> Any:
     from peft import TaskType
 
+    from .models import is_sequence_classifier
+
+    if is_sequence_classifier(model):
+        return TaskType.SEQ_CLS
     return TaskType.SEQ_2_SEQ_LM if model.config.is_encoder_decoder else TaskType.CAUSAL_LM
 
 

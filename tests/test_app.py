@@ -320,7 +320,7 @@ def test_compare_opens_the_quality_benchmarks_run_folders():
 def test_compare_of_an_empty_directory(tmp_path):
     message, table, pareto = handlers.compare_runs(tmp_path / "nothing")
     assert "No finished runs" in message and table.empty
-    assert list(table.columns) == handlers.COMPARE_COLUMNS
+    assert list(table.columns) == handlers.compare_columns() and "ROUGE-L" in table.columns
 
 
 # ------------------------------------------------------------------------------------------------- served app
@@ -408,3 +408,28 @@ def test_train_tab_starts_from_the_demo_config(tmp_path):
     changed = {k for k, v in expected.to_dict().items() if v != TrainConfig().to_dict()[k]}
     assert changed == set(DEMO) and expected.max_steps < 50  # the budget and the size of the run differ, nothing else
     assert expected.spec.name == TrainConfig().spec.name == "green"
+
+
+def test_a_classification_run_from_the_train_tab_shows_accuracy_in_compare(tmp_path):
+    runs, path = start(tmp_path, model="tiny-llama", dataset="", max_steps=2, precision="auto",
+                       task="classification")
+    background.get(path).thread.join(120)
+    summary = load_run(path).summary
+    assert summary["status"] == "finished" and summary["task"] == "classification"
+    assert summary["dataset"] == "stdlib-topic"  # the task's default, from an empty data set field
+    message, table, pareto = handlers.compare_runs(tmp_path)
+    row = table.set_index("directory").loc[Path(path).name]
+    assert row["accuracy"] == f"{summary['accuracy']:.1f}" and row["majority accuracy"] != "-"
+    assert "ROUGE-L" not in table.columns and list(pareto.data[0].y) == [summary["accuracy"]]
+    update = handlers.task_form("classification")
+    assert update["value"] == "stdlib-topic" and "sst2" in update["choices"]
+
+
+def test_explore_profiles_a_classifier_from_the_form():
+    state, message, summary, heatmap, *_ = handlers.profile_choice(
+        None, "tiny-llama", "", 2, 32, "taylor", 1, 0.5, "selected", False, "classification")
+    assert state is not None and state.task == "classification" and state.dataset == "stdlib-topic", message
+    assert heatmap.data
+    state, message, *_ = handlers.profile_choice(
+        None, "tiny-llama", "stdlib-tldr", 2, 32, "taylor", 1, 0.5, "selected", False, "classification")
+    assert state is None and "not a classification data set" in message

@@ -138,6 +138,19 @@ def test_quality_is_resumable(results, tmp_path):
     assert again["runs"][0]["flops_total"] == first[("full", 0)]["flops_total"]
 
 
+def test_classification_runs_every_scheme_as_predicted(results):
+    out = results[0]
+    data = load(out, "classification_quick")
+    assert data["complete"] and [r["label"] for r in data["runs"]] == ["full", "green:0.5", "lora", "layernorm"]
+    for r in data["runs"]:
+        assert r["status"] == "finished" and r["prediction_miss"] == 0, r
+        assert 0 <= r["accuracy"] <= 100 and 0 <= r["majority_accuracy"] <= 100 and len(r["val_losses"]) == 1
+    full = data["runs"][0]
+    assert full["flops_ratio"] == 1.0 and "green_0.5_within_1_point_of_full" in data["checks"]
+    gap = data["checks"]["green_0.5_within_1_point_of_full"]["accuracy_gap"]
+    assert gap == pytest.approx(full["accuracy"] - data["runs"][1]["accuracy"])
+
+
 def test_speed_and_overhead(results):
     out = results[0]
     speed = load(out, "speed_quick")

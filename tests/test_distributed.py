@@ -123,7 +123,7 @@ def test_sharding_covers_each_global_batch_in_the_single_process_order(tiny_mode
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-t5"])
 def test_label_tokens_weight_shards_into_the_global_mean_loss(tiny_models, name):
     """The shard weights the engine uses: sum(share_r * loss_r) is the loss of the whole batch."""
-    from greencore.data import encode_examples
+    from greencore.data import encode_examples, scored_targets
     from greencore.evaluate import validation_loss
 
     model, tokenizer = tiny_models(name)
@@ -132,7 +132,7 @@ def test_label_tokens_weight_shards_into_the_global_mean_loss(tiny_models, name)
              "target": [f"add {i} to x" + " please" * (i % 3) for i in range(6)]}
     rows, _ = encode_examples(tokenizer, texts, is_encoder_decoder=enc_dec, max_source_tokens=40, max_target_tokens=12)
     whole = validation_loss(model, tokenizer, rows, batch_size=len(rows))
-    tokens = [distributed.label_tokens(r, enc_dec) for r in rows]
+    tokens = [scored_targets(r, enc_dec) for r in rows]
     combined = 0.0
     for r in range(2):
         part = distributed.shard(list(range(len(rows))), distributed.DistInfo(rank=r, world_size=2))

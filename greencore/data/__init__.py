@@ -7,8 +7,9 @@
     batching.py  prompts, token ids, padding, collation and seeded batch orders
 """
 
-from .batching import (IGNORE_INDEX, PROMPTS, batches, collate, encode_examples, eos_token_id, pad_batch, pad_prompts,
-                       pad_token_id, prompt_for_generation, resolve_prompt, sample_batches)
+from .batching import (IGNORE_INDEX, PROMPTS, batches, collate, encode_examples, encode_labelled, eos_token_id,
+                       pad_batch, pad_prompts, pad_token_id, prompt_for_generation, resolve_prompt, sample_batches,
+                       sample_labelled_batches, scored_targets)
 from .classification import CLASSIFICATION_DATASETS, load_classification
 from .sources import DATASETS, load_summarization
 from .stdlib import BUILDER_VERSION, build_stdlib_tldr, stdlib_cache_path
@@ -23,6 +24,7 @@ __all__ = [
     "build_stdlib_tldr",
     "collate",
     "encode_examples",
+    "encode_labelled",
     "eos_token_id",
     "load_classification",
     "load_summarization",
@@ -32,5 +34,7 @@ __all__ = [
     "prompt_for_generation",
     "resolve_prompt",
     "sample_batches",
+    "sample_labelled_batches",
+    "scored_targets",
     "stdlib_cache_path",
 ]

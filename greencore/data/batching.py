@@ -6,6 +6,9 @@ trained on the target tokens only (the prompt is masked with -100); an encoder-d
 and is trained on `{target}<eos>`. With "chat" a decoder-only model reads its tokenizer's chat template around
 `Summarize in one sentence:\n\n{source}` as the user's turn, and answers `{target}<eos>` as the assistant.
 Sources are truncated, never targets.
+
+Classification rows (`encode_labelled`) are the text between the tokenizer's own special tokens, cut to fit, with
+one class index as their label; `collate` gives them a `labels` tensor of shape (batch,).
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 import datasets
 import torch
 
+from .classification import load_classification
 from .sources import load_summarization
 
 if TYPE_CHECKING:  # only for annotations: importing transformers is slow
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["IGNORE_INDEX", "PROMPTS", "batches", "collate", "encode_examples", "eos_token_id", "pad_batch", "pad_prompts",
-           "pad_token_id", "prompt_for_generation", "resolve_prompt", "sample_batches"]
+__all__ = ["IGNORE_INDEX", "PROMPTS", "batches", "collate", "encode_examples", "encode_labelled", "eos_token_id",
+           "pad_batch", "pad_prompts", "pad_token_id", "prompt_for_generation", "resolve_prompt", "sample_batches",
+           "sample_labelled_batches", "scored_targets"]
 
 PROMPT_SEPARATOR = " TL;DR:"
 ENCODER_PREFIX = "summarize:"
@@ -153,6 +158,33 @@ def encode_examples(tokenizer: PreTrainedTokenizerBase, dataset: datasets.Datase
     return rows, n_truncated
 
 
+def encode_labelled(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], labels: Sequence[int], *,
+                    max_tokens: int) -> tuple[list[dict], int]:
+    """Token ids for classification: rows {"input_ids", "labels" (the class index), "index"} and how many texts were
+    cut. Each text sits between the special tokens the tokenizer adds by itself ([CLS] ... [SEP], or a leading bos),
+    cut inside the text so that the whole row has at most `max_tokens` ids; no row is dropped."""
+    head, tail = _special_affixes(tokenizer)
+    budget = max_tokens - len(head) - len(tail)
+    if budget < 1:
+        raise ValueError(f"max_source_tokens={max_tokens} leaves no room for the text beside the tokenizer's "
+                         f"{len(head) + len(tail)} special tokens: use at least {len(head) + len(tail) + 1}")
+    rows, n_truncated = [], 0
+    for index, (ids, label) in enumerate(zip(_ids(tokenizer, texts), labels)):
+        n_truncated += len(ids) > budget
+        rows.append({"input_ids": head + ids[:budget] + tail, "labels": int(label), "index": index})
+    return rows, n_truncated
+
+
+def scored_targets(row: Mapping[str, Any], is_encoder_decoder: bool) -> int:
+    """How many targets of a row the loss averages over: its label tokens (a decoder shifts its labels by one), or 1
+    for a row with a class label. A batch's mean loss weighted by these is the mean over all its rows' targets."""
+    labels = row["labels"]
+    if isinstance(labels, int):
+        return 1
+    labels = labels if is_encoder_decoder else labels[1:]
+    return sum(1 for x in labels if x != IGNORE_INDEX)
+
+
 def prompt_for_generation(tokenizer: PreTrainedTokenizerBase, sources: Sequence[str], *, is_encoder_decoder: bool,
                           max_source_tokens: int, prompt: str = "tldr") -> list[list[int]]:
     """The prompt ids a model generates a summary from: exactly the prompt part of `encode_examples`' rows
@@ -180,43 +212,50 @@ def pad_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[i
 
 def collate(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Mapping[str, Any]], *, pad_to: int | None = None
             ) -> dict[str, torch.Tensor]:
-    """A training batch: input_ids (padded with the pad id), attention_mask and labels (padded with -100).
+    """A training batch: input_ids (padded with the pad id), attention_mask and labels (padded with -100; for rows
+    with a class label, a tensor of the batch's class indices).
 
     Padding is on the right, to the longest row, or to `pad_to` for every tensor (a fixed sequence length for
     profiling). input_ids and labels are padded independently, so decoder-only rows stay aligned and encoder-decoder
-    rows keep their own label length (the model derives its decoder inputs from the labels).
+    rows keep their own label length (the model derives its decoder inputs from the labels). A classifier finds
+    each row's last real token from the pad id, which is why padding is on the right there too.
     """
     if not rows:
         raise ValueError("collate needs at least one row")
+    classes = isinstance(rows[0]["labels"], int)
     input_width = max(len(r["input_ids"]) for r in rows)
-    label_width = max(len(r["labels"]) for r in rows)
+    label_width = 0 if classes else max(len(r["labels"]) for r in rows)
     if pad_to is not None:
         if max(input_width, label_width) > pad_to:
             raise ValueError(f"a row has {max(input_width, label_width)} tokens, more than pad_to={pad_to}: raise "
                              f"pad_to or lower max_source_tokens/max_target_tokens")
-        input_width = label_width = pad_to
+        input_width, label_width = pad_to, (0 if classes else pad_to)
     input_ids = torch.full((len(rows), input_width), pad_token_id(tokenizer), dtype=torch.long)
     attention_mask = torch.zeros((len(rows), input_width), dtype=torch.long)
     labels = torch.full((len(rows), label_width), IGNORE_INDEX, dtype=torch.long)
     for i, row in enumerate(rows):
-        n_input, n_label = len(row["input_ids"]), len(row["labels"])
+        n_input = len(row["input_ids"])
         input_ids[i, :n_input] = torch.tensor(row["input_ids"], dtype=torch.long)
         attention_mask[i, :n_input] = 1
-        labels[i, :n_label] = torch.tensor(row["labels"], dtype=torch.long)
+        if not classes:
+            labels[i, :len(row["labels"])] = torch.tensor(row["labels"], dtype=torch.long)
+    if classes:
+        labels = torch.tensor([row["labels"] for row in rows], dtype=torch.long)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
 def pad_batch(tokenizer: PreTrainedTokenizerBase, batch: Mapping[str, torch.Tensor], multiple: int
               ) -> dict[str, torch.Tensor]:
-    """A collated batch with every sequence width padded up to a multiple of `multiple` (pad id, mask 0, label -100).
+    """A collated batch with every sequence width padded up to a multiple of `multiple` (pad id, mask 0, label -100;
+    class labels, one per row, stay as they are).
 
     Fewer distinct shapes means fewer FLOPs measurements and profiles; padding changes no loss.
     """
     if multiple < 1:
         raise ValueError(f"multiple={multiple}: pad to a multiple of a positive number of tokens")
     fill = {"input_ids": pad_token_id(tokenizer), "attention_mask": 0, "labels": IGNORE_INDEX}
-    return {key: torch.nn.functional.pad(t, (0, -t.shape[1] % multiple), value=fill.get(key, 0))
-            for key, t in batch.items()}
+    return {key: torch.nn.functional.pad(t, (0, -t.shape[1] % multiple), value=fill.get(key, 0)) if t.dim() == 2
+            else t for key, t in batch.items()}
 
 
 def batches(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Mapping[str, Any]], *, batch_size: int, shuffle: bool,
@@ -260,5 +299,20 @@ def sample_batches(tokenizer: PreTrainedTokenizerBase, dataset: str = "stdlib-tl
                               max_target_tokens=min(max_target_tokens, seq_len), prompt=prompt)
     if len(rows) < needed:
         raise ValueError(f"{dataset} gives {len(rows)} usable examples, fewer than {count} batches of {batch_size}")
+    return list(batches(tokenizer, rows, batch_size=batch_size, shuffle=True, seed=seed, pad_to=seq_len,
+                        drop_last=True))[:count]
+
+
+def sample_labelled_batches(tokenizer: PreTrainedTokenizerBase, dataset: str = "stdlib-topic", *, batch_size: int,
+                            seq_len: int, count: int = 1, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """`count` classification batches of exactly `seq_len` tokens from a data set's train split (texts cut to fit,
+    shorter rows padded), for profiling and probing a classifier as `sample_batches` does a language model."""
+    if count < 1 or batch_size < 1:
+        raise ValueError(f"count={count} and batch_size={batch_size} must be positive")
+    data = load_classification(dataset)["train"]
+    needed = count * batch_size
+    if len(data) < needed:
+        raise ValueError(f"{dataset} has {len(data)} training examples, fewer than {count} batches of {batch_size}")
+    rows, _ = encode_labelled(tokenizer, list(data["text"]), list(data["label"]), max_tokens=seq_len)
     return list(batches(tokenizer, rows, batch_size=batch_size, shuffle=True, seed=seed, pad_to=seq_len,
                         drop_last=True))[:count]

@@ -6,7 +6,7 @@ malformed inputs raise ValueError.
 
     profiles.py  per-layer selection heatmap, FLOPs breakdown, rho trade-off, what a budget can reach (costs only),
                  re-selection timeline, prediction check
-    runs.py      loss curves, FLOPs progress, ROUGE-L against FLOPs or energy
+    runs.py      loss curves, FLOPs progress, the task's score (ROUGE-L, accuracy) against FLOPs or energy
     tables.py    FLOP counts, energy and CO2 as text, comparison table rows
     notebook.py  a figure as raw notebook outputs (redrawing in place, static images)
     style.py     the shared template, colours and input checks
@@ -21,7 +21,7 @@ from .profiles import (budget_reach, flops_breakdown, prediction_check, selectio
                        tradeoff_curve)
 from .runs import flops_progress, loss_curves, pareto
 from .style import COLOR_BY
-from .tables import comparison_rows, energy_tag, format_co2, format_energy, format_flops
+from .tables import comparison_rows, energy_tag, format_co2, format_energy, format_flops, score_columns
 
 __all__ = [
     "COLOR_BY",
@@ -37,6 +37,7 @@ __all__ = [
     "loss_curves",
     "pareto",
     "prediction_check",
+    "score_columns",
     "selection_heatmap",
     "selection_timeline",
     "tradeoff_curve",

@@ -1,4 +1,5 @@
-"""Figures of training runs: loss curves, FLOPs spent against full fine-tuning, and ROUGE-L against FLOPs."""
+"""Figures of training runs: loss curves, FLOPs spent against full fine-tuning, and the task's score (ROUGE-L, or
+accuracy) against FLOPs."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import plotly.graph_objects as go
 
 from .style import RUN_COLORS, _empty_figure, _field, _figure, _number
-from .tables import _rouge, _run_label, _savings, energy_tag, format_co2, format_energy, format_flops
+from ..tasks import TASKS, get_task, task_of
+from .tables import _run_label, _score, _savings, energy_tag, format_co2, format_energy, format_flops
 
 __all__ = ["flops_progress", "loss_curves", "pareto"]
 
@@ -88,31 +90,37 @@ class _RunPoint(NamedTuple):
     scheme: str
     label: str
     x: float  # the cost the x axis shows
-    rouge_l: float
+    score: float
     hover: str
 
 
 _PARETO_X = {
-    "flops": ("ROUGE-L against training FLOPs", "training FLOPs (measured, incl. selection)"),
-    "savings": ("ROUGE-L against FLOPs saved", "FLOPs saved vs full fine-tuning (%)"),
-    "energy": ("ROUGE-L against training energy", "training energy (kWh, incl. selection; {method})"),
+    "flops": ("against training FLOPs", "training FLOPs (measured, incl. selection)"),
+    "savings": ("against FLOPs saved", "FLOPs saved vs full fine-tuning (%)"),
+    "energy": ("against training energy", "training energy (kWh, incl. selection; {method})"),
 }
 
 
-def pareto(summaries: Sequence[Mapping[str, Any]], x: str = "flops") -> go.Figure:
-    """ROUGE-L against training FLOPs (`x="flops"`), FLOPs saved (`x="savings"`) or training energy
+def pareto(summaries: Sequence[Mapping[str, Any]], x: str = "flops", metric: str | None = None) -> go.Figure:
+    """The runs' score against training FLOPs (`x="flops"`), FLOPs saved (`x="savings"`) or training energy
     (`x="energy"`, codecarbon's figure, its method on the axis), one point per run.
 
-    Points are coloured by scheme and labelled by run; runs without a ROUGE-L score (or without the x axis' figure:
-    a FLOPs ratio, an energy record) are left out. The dashed line joins the runs no other run beats on both axes.
+    The score is `metric` (a summary key such as "rougeL" or "accuracy"), by default the headline of the first
+    run's task (`Task.headline`: ROUGE-L for summarization, accuracy for classification). Points are coloured by
+    scheme and labelled by run; runs without that score (another task's, or not scored) or without the x axis'
+    figure (a FLOPs ratio, an energy record) are left out. The dashed line joins the runs no other run beats on both
+    axes.
     """
     if x not in _PARETO_X:
         raise ValueError(f"x={x!r} must be one of {', '.join(_PARETO_X)}")
-    title, axis = _PARETO_X[x]
+    task = task_of(summaries[0]) if summaries else get_task("summarization")
+    metric = metric or task.headline
+    name = {key: label for cls in TASKS.values() for label, key in cls.columns}.get(metric, metric)
+    title, axis = f"{name} {_PARETO_X[x][0]}", _PARETO_X[x][1]
     points, methods = [], set()
     for s in summaries:
-        rouge, savings, energy = _rouge(s, "rougeL"), _savings(s), s.get("energy")
-        if rouge is None or (x == "savings" and savings is None) or (x == "energy" and not energy):
+        score, savings, energy = _score(s, metric), _savings(s), s.get("energy")
+        if score is None or (x == "savings" and savings is None) or (x == "energy" and not energy):
             continue
         flops = _number(s, "flops_total", "summary")
         hover = f"{format_flops(flops)} ({'n/a' if savings is None else f'{savings:.1f}%'} saved)"
@@ -121,10 +129,10 @@ def pareto(summaries: Sequence[Mapping[str, Any]], x: str = "flops") -> go.Figur
                      f"({energy_tag(energy)})"
             methods.add(energy_tag(energy))
         cost = {"flops": flops, "savings": savings, "energy": energy["training"]["kwh"] if energy else None}[x]
-        points.append(_RunPoint(str(_field(s, "scheme", "summary")), _run_label(s), cost, rouge, hover))
+        points.append(_RunPoint(str(_field(s, "scheme", "summary")), _run_label(s), cost, score, hover))
     if not points:
-        return _empty_figure("No run with a ROUGE-L score yet." if x != "energy"
-                             else "No run with a ROUGE-L score and an energy record yet.", title)
+        return _empty_figure(f"No run with a {name} score yet." if x != "energy"
+                             else f"No run with a {name} score and an energy record yet.", title)
 
     fig = _figure(title, height=480)
     schemes = list(dict.fromkeys(p.scheme for p in points))
@@ -133,19 +141,19 @@ def pareto(summaries: Sequence[Mapping[str, Any]], x: str = "flops") -> go.Figur
         fig.add_trace(
             go.Scatter(
                 x=[p.x for p in mine],
-                y=[p.rouge_l for p in mine],
+                y=[p.score for p in mine],
                 name=scheme,
                 mode="markers+text",
                 text=[p.label for p in mine],
                 textposition="top center",
                 marker={"size": 11, "color": RUN_COLORS[i % len(RUN_COLORS)]},
                 customdata=[[p.hover] for p in mine],
-                hovertemplate="%{text}<br>%{customdata[0]}<br>ROUGE-L %{y:.1f}<extra></extra>",
+                hovertemplate="%{text}<br>%{customdata[0]}<br>" + name + " %{y:.1f}<extra></extra>",
             )
         )
     # Lower FLOPs or energy, or higher savings, is better: the front is computed on the cost the x axis shows.
     sign = -1.0 if x == "savings" else 1.0
-    front = _pareto_front([(sign * p.x, p.rouge_l) for p in points])
+    front = _pareto_front([(sign * p.x, p.score) for p in points])
     fig.add_trace(
         go.Scatter(
             x=[sign * cost for cost, _ in front],
@@ -158,7 +166,7 @@ def pareto(summaries: Sequence[Mapping[str, Any]], x: str = "flops") -> go.Figur
     )
     fig.update_xaxes(title_text=axis.format(method=", ".join(sorted(methods))),
                      tickformat="~s" if x == "flops" else None)
-    fig.update_yaxes(title_text="ROUGE-L")
+    fig.update_yaxes(title_text=name)
     return fig
 
 

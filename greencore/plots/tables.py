@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
+from ..tasks import get_task, task_of
 from .style import _field, _number
 
-__all__ = ["comparison_rows", "energy_tag", "format_co2", "format_energy", "format_flops"]
+__all__ = ["comparison_rows", "energy_tag", "format_co2", "format_energy", "format_flops", "score_columns"]
 
 _FLOPS_UNITS = ("FLOPs", "kFLOPs", "MFLOPs", "GFLOPs", "TFLOPs", "PFLOPs", "EFLOPs", "ZFLOPs")
 
@@ -46,12 +47,22 @@ def _scaled(value: float, units: tuple[str, ...]) -> str:
     return f"{value:.3g} {units[index]}"
 
 
+def score_columns(summaries: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """(display name, summary key) of the scores of the runs' tasks: ROUGE-1/2/L for summarization, accuracy and
+    macro-F1 with the majority class's for classification; both sets when the runs mix tasks (summarization's
+    alone when there is no run)."""
+    tasks = dict.fromkeys(task_of(s).name for s in summaries) or {"summarization": None}
+    return [column for name in tasks for column in get_task(name).columns]
+
+
 def comparison_rows(summaries: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
     """One table row of display strings per run: scheme, rho, FLOPs, savings, time, training energy and CO2 (with
     their method), the energy saved against a full run of the same model, data and steps among `summaries`
-    (measured; "no full run" when there is none to compare with) and ROUGE-1/2/L ("-": none)."""
+    (measured; "no full run" when there is none to compare with) and the tasks' scores (`score_columns`; "-":
+    none)."""
     from ..energy import energy_savings
 
+    columns = score_columns(summaries)
     rows = []
     for s in summaries:
         rho, savings, energy = s.get("rho"), _savings(s), s.get("energy")
@@ -60,7 +71,7 @@ def comparison_rows(summaries: Sequence[Mapping[str, Any]]) -> list[dict[str, st
             saved_text = "-"
         else:
             saved_text = "no full run" if saved is None else f"{100 * saved:.1f}%"
-        rouges = {key: _rouge(s, key) for key in ("rouge1", "rouge2", "rougeL")}
+        scores = {key: _score(s, key) for _, key in columns}
         rows.append(
             {
                 "run": _run_label(s),
@@ -72,10 +83,7 @@ def comparison_rows(summaries: Sequence[Mapping[str, Any]]) -> list[dict[str, st
                 "energy": "-" if not energy else f"{format_energy(energy['training']['kwh'])} ({energy_tag(energy)})",
                 "CO2": "-" if not energy else f"{format_co2(energy['training']['co2_kg'])} ({energy_tag(energy)})",
                 "energy saved": saved_text,
-                **{
-                    label: "-" if rouges[key] is None else f"{rouges[key]:.1f}"
-                    for label, key in (("ROUGE-1", "rouge1"), ("ROUGE-2", "rouge2"), ("ROUGE-L", "rougeL"))
-                },
+                **{label: "-" if scores[key] is None else f"{scores[key]:.1f}" for label, key in columns},
             }
         )
     return rows
@@ -91,13 +99,13 @@ def _run_label(summary: Mapping[str, Any]) -> str:
     return scheme if rho is None else f"{scheme} rho={rho:g}"
 
 
-def _rouge(summary: Mapping[str, Any], key: str) -> float | None:
-    """A ROUGE score in percent, or None when the run was not scored."""
+def _score(summary: Mapping[str, Any], key: str) -> float | None:
+    """A score in percent (ROUGE, accuracy, F1), or None when the run was not scored."""
     value = summary.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
-        raise ValueError(f"summary {key!r} must be a ROUGE score in percent (0 to 100), got {value!r}")
+        raise ValueError(f"summary {key!r} must be a score in percent (0 to 100), got {value!r}")
     return float(value)
 
 

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..schemes import Scheme, parse_scheme
+from ..tasks import TASKS, Task, get_task
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # here, not in .precision: the CLI's --help needs no torch
 ATTENTIONS = ("auto", "eager", "sdpa")  # greencore.models.set_attention says what each runs
@@ -41,7 +42,10 @@ class TrainConfig:
     over every training pair; `TrainConfig.demo()` is the same run cut to a few minutes on a CPU."""
 
     model: str = _setting("smollm2", "built-in name, Hugging Face hub id or local checkpoint folder")
-    dataset: str = _setting("stdlib-tldr", "stdlib-tldr, scitldr, dialogsum, or a .jsonl/.json/.csv file")
+    task: str = _setting("summarization", "summarization (source -> summary, ROUGE) or classification (text -> "
+                         "class under a new sequence-classification head, accuracy and macro-F1)", choices=tuple(TASKS))
+    dataset: str | None = _setting(None, "summarization: stdlib-tldr (default), scitldr, dialogsum; classification: "
+                                   "stdlib-topic (default), sst2, ag_news; or a .jsonl/.json/.csv file")
     scheme: str = _setting("green", "full, green[:rho], random[:rho], lora, prefix, bitfit, layernorm, top-k[:k]")
     rho: float | None = _setting(0.5, "FLOPs budget of green/random: step FLOPs as a fraction of full, in (0, 1]")
     interval: int = _setting(1, "re-select every this many epochs (or steps, with --interval-unit step)")
@@ -63,12 +67,14 @@ class TrainConfig:
     prompt: str = _setting("auto", "auto: chat where the tokenizer has a chat template (smollm2), else tldr; tldr: "
                            "the paper's '{source} TL;DR: {summary}'; chat: the tokenizer's chat template",
                            choices=("auto", "tldr", "chat"))
-    max_source_tokens: int = _setting(128, "source tokens kept per example (sources are truncated, never targets)")
+    max_source_tokens: int = _setting(128, "source (classification: text) tokens kept per example (sources are "
+                                      "truncated, never targets)")
     max_target_tokens: int = _setting(32, "summary tokens allowed; longer summaries drop their example")
     max_train_examples: int | None = _setting(None, "use at most this many training pairs (default: all)")
     max_eval_examples: int | None = _setting(100, "use at most this many validation and test pairs")
     num_beams: int = _setting(2, "beam width of the final generation")
-    eval_rouge: bool = _setting(True, "skip generation and ROUGE at the end", flag="--no-rouge")
+    eval_rouge: bool = _setting(True, "skip generation and ROUGE at the end (summarization; a classifier's accuracy "
+                                "costs one forward pass and is always scored)", flag="--no-rouge")
     seed: int = _setting(0, "seed of initialisation, data order, probes and dropout")
     device: str = _setting("auto", "auto, cpu, cuda or cuda:N")
     precision: str = _setting("auto", "fp32, bf16 or fp16 (autocast with fp32 master weights; fp16 with loss scaling); "
@@ -81,6 +87,9 @@ class TrainConfig:
                                             "they differ)", flag="--gradient-checkpointing")
     source_field: str | None = _setting(None, "source column of a local data file")
     target_field: str | None = _setting(None, "target column of a local data file")
+    text_field: str | None = _setting(None, "text column of a local classification file (default: text)")
+    label_field: str | None = _setting(None, "label column of a local classification file, string or integer labels "
+                                       "(default: label)")
     keep_checkpoints: int = _setting(2, "checkpoints kept in the run folder (newest first)")
     energy: bool = _setting(True, "do not track energy and CO2 (codecarbon's offline tracker, nothing is sent)",
                             flag="--no-energy")
@@ -96,6 +105,9 @@ class TrainConfig:
         from .precision import resolve_precision
 
         self._check_types()
+        task = get_task(self.task)
+        self.dataset = self.dataset or task.default_dataset
+        task.check(self)
         spec = parse_scheme(self.scheme, rho=self.rho, k=self.k)
         self.scheme, self.rho, self.k = spec.label, spec.rho, spec.k
         checks = [
@@ -155,6 +167,11 @@ class TrainConfig:
     def spec(self) -> Scheme:
         """The scheme object, which carries the scheme's behaviour."""
         return parse_scheme(self.scheme)
+
+    @property
+    def task_spec(self) -> Task:
+        """The task object, which carries the task's data, encoding and evaluation."""
+        return get_task(self.task)
 
     @property
     def name(self) -> str:

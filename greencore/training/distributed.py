@@ -45,7 +45,6 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
-from ..data import IGNORE_INDEX
 from ..importance import GradientReduce
 
 __all__ = [
@@ -64,7 +63,6 @@ __all__ = [
     "current",
     "data_parallel",
     "gradient_reduce",
-    "label_tokens",
     "on_main",
     "resolve_device",
     "setup",
@@ -349,13 +347,6 @@ def chunk(items: Sequence[T], info: DistInfo) -> list[T]:
     """This rank's contiguous part of `items` (concatenated in rank order they give `items` back)."""
     n, w = len(items), info.world_size
     return list(items[info.rank * n // w:(info.rank + 1) * n // w])
-
-
-def label_tokens(row: Mapping[str, Any], is_encoder_decoder: bool) -> int:
-    """How many of a row's labels the model's loss averages over (a decoder shifts its labels by one), as
-    `evaluate.validation_loss` counts them."""
-    labels = row["labels"] if is_encoder_decoder else row["labels"][1:]
-    return sum(1 for x in labels if x != IGNORE_INDEX)
 
 
 # ------------------------------------------------------------------------------------------------------ DDP

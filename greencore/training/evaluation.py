@@ -1,4 +1,4 @@
-"""Evaluation during a run: validation loss after each epoch, generation and ROUGE at the end.
+"""Evaluation during a run: validation loss after each epoch, the task's final evaluation at the end.
 
 Under DDP each rank scores (or generates for) a contiguous part of the split and the parts are combined, so the
 numbers are those of one process. Energy is cut around each evaluation: what ran before it was training.
@@ -11,6 +11,7 @@ from typing import Iterator
 
 import torch
 
+from ..data import scored_targets
 from ..flops import rng_devices
 from ..records import EvalRow
 from . import distributed
@@ -28,7 +29,7 @@ def validate(s: RunState, epoch: int, step: int) -> EvalRow:
     with torch.random.fork_rng(devices=rng_devices(s.model.parameters())), s.precision.autocast():
         part = distributed.chunk(s.data.val_rows, s.dist)
         local = validation_loss(s.model, s.tokenizer, part, batch_size=s.config.batch_size) if part else 0.0
-        tokens = sum(distributed.label_tokens(r, s.data.is_encoder_decoder) for r in part)
+        tokens = sum(scored_targets(r, s.data.is_encoder_decoder) for r in part)
         energy = s.energy.cut("evaluation")
         total, count, kwh, co2 = distributed.all_reduce_sum([local * tokens, tokens, energy["kwh"], energy["co2_kg"]],
                                                             s.dist)
@@ -45,34 +46,30 @@ def _energy(s: RunState, kwh: float, co2: float) -> dict:
 
 
 def final_evaluation(s: RunState, step: int) -> Iterator[EvalRow]:
-    """Generate summaries of the validation and test splits and score them; yields one row per split and returns
-    the scores for the summary (`validation_rouge1`, ..., and the test split's as `rouge1`, ...)."""
-    from ..evaluate import generate_summaries, rouge
-
-    c = s.config
+    """Predict the validation and test splits and score them as the task does (ROUGE of generated summaries, or a
+    classifier's accuracy and macro-F1 beside the majority class's); yields one row per split and returns the
+    scores for the summary (`validation_<metric>`, and the test split's as `<metric>`)."""
+    c, task = s.config, s.data.task
     scores: dict[str, float] = {}
-    if not c.eval_rouge:
+    if not task.evaluates(c):
         return scores
     started = time.perf_counter()
     s.energy.cut("training")
     for split, data in s.data.eval_data.items():
         if len(data) == 0:
             continue
-        sources = distributed.chunk(list(data["source"]), s.dist)
+        inputs = distributed.chunk(task.inputs(data), s.dist)
         with s.precision.autocast():
-            predictions = generate_summaries(s.model, s.tokenizer, sources, max_source_tokens=c.max_source_tokens,
-                                             max_new_tokens=c.max_target_tokens, num_beams=c.num_beams,
-                                             prompt=s.data.prompt) if sources else []
+            predictions = task.predict(s.model, s.tokenizer, inputs, c, s.data.prompt) if inputs else []
         predictions = [p for part in distributed.all_gather_object(predictions, s.dist) for p in part]
-        result = rouge(predictions, list(data["target"]))
+        result = task.score(predictions, data, s.data.train_split)
         scores.update({f"{split}_{k}": v for k, v in result.items()})
         if split == "test":
             scores.update(result)
         energy = s.energy.cut("evaluation")
         kwh, co2 = distributed.all_reduce_sum([energy["kwh"], energy["co2_kg"]], s.dist)
         row: EvalRow = {"type": "eval", "split": split, "step": step, **result, **_energy(s, kwh, co2),
-                        "examples": [{"prediction": p, "reference": r}
-                                     for p, r in zip(predictions[:5], list(data["target"])[:5])]}
+                        "examples": task.examples(predictions, data)}
         s.writer.append("metrics", row)
         yield row
     s.account.counters.eval_seconds += time.perf_counter() - started

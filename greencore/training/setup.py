@@ -2,7 +2,8 @@
 
 `setup(config, dist, writer)` returns a `RunState`, everything the loop works on. Every scheme gets the same data,
 optimizer (AdamW over all candidate tensors; frozen ones simply get no gradient), linear schedule and evaluation.
-Under DDP every rank builds the same global batches and trains on its shard of each (`RunData.epoch`).
+Under DDP every rank builds the same global batches and trains on its shard of each (`RunData.epoch`). The task
+(`config.task_spec`) says what the data is, how it becomes rows and whether the model gets a classification head.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from typing import Any, Iterator
 
 import torch
 
-from ..data import collate, encode_examples, load_summarization, pad_batch, resolve_prompt
-from ..models import check_batch_shape, load_model, set_attention
+from ..data import collate, pad_batch, scored_targets
+from ..models import check_batch_shape, classifier_head, load_model, set_attention
 from ..profile import TensorProfile, profile_model
 from ..records import RunWriter
 from ..schemes import Scheme
+from ..tasks import Task
 from ..select import check_rho
 from ..trainable import set_trainable
 from .precision import Precision
@@ -42,10 +44,12 @@ class RunData:
     """A run's encoded splits and its batches: global batches in a seeded order, this rank's shard of each."""
 
     tokenizer: Any
-    prompt: str  # "tldr" or "chat" (a config's "auto" resolved for this tokenizer)
+    task: Task
+    prompt: str | None  # summarization: "tldr" or "chat" (a config's "auto" resolved for this tokenizer)
     train_rows: list[dict]
     val_rows: list[dict]
-    eval_data: dict[str, Any]  # the validation and test splits as text, for generation
+    train_split: Any  # the training split as loaded (a classifier's majority class comes from it)
+    eval_data: dict[str, Any]  # the validation and test splits as loaded, for the final evaluation
     truncated: int
     is_encoder_decoder: bool
     batch_size: int
@@ -59,7 +63,7 @@ class RunData:
         return len(self.train_rows) // self.batch_size
 
     def epoch(self, epoch: int) -> Iterator[tuple[dict, float]]:
-        """The epoch's batches: this rank's shard, padded and on the device, with its share of the label tokens."""
+        """The epoch's batches: this rank's shard, padded and on the device, with its share of the batch's targets."""
         return self._shards(self._global_batches(epoch))
 
     def probes(self, index: int, count: int) -> list[tuple[dict, float]]:
@@ -94,8 +98,8 @@ class RunData:
         rows = self.train_rows
         for group in groups:
             mine = distributed.shard(group, self.dist)
-            total = sum(distributed.label_tokens(rows[i], self.is_encoder_decoder) for i in group)
-            local = sum(distributed.label_tokens(rows[i], self.is_encoder_decoder) for i in mine)
+            total = sum(scored_targets(rows[i], self.is_encoder_decoder) for i in group)
+            local = sum(scored_targets(rows[i], self.is_encoder_decoder) for i in mine)
             batch = pad_batch(self.tokenizer, collate(self.tokenizer, [rows[i] for i in mine]), PAD_MULTIPLE)
             yield self.to_device(batch), local / max(total, 1)
 
@@ -129,21 +133,21 @@ class RunState:
 
 def setup(config: TrainConfig, dist: distributed.DistInfo, writer: RunWriter) -> RunState:
     """Load the model and data, let the scheme wrap the model, profile it, and build the optimizer and schedule."""
-    scheme = config.spec
+    scheme, task = config.spec, config.task_spec
     device = distributed.resolve_device(config.device, dist)
-    model, tokenizer = load_model(config.model, seed=config.seed, device=device)
+    splits = task.load_splits(config)
+    model, tokenizer = load_model(config.model, seed=config.seed, device=device, num_labels=task.num_labels(splits))
     attention = set_attention(model, config.attention, device)
     precision = Precision(config.precision, device)
-    longest = (max(config.max_source_tokens, config.max_target_tokens) if model.config.is_encoder_decoder
-               else config.max_source_tokens + config.max_target_tokens)
-    check_batch_shape(model, config.batch_size, longest)
-    data = load_data(config, tokenizer, bool(model.config.is_encoder_decoder), dist, device)
+    check_batch_shape(model, config.batch_size, task.longest(config, bool(model.config.is_encoder_decoder)))
+    data = load_data(config, tokenizer, bool(model.config.is_encoder_decoder), dist, device, splits=splits)
     model.train()
     probe = data.profiling_batch(model)
     with precision.autocast():  # the kernels a step runs (fused attention's may depend on the dtype)
         base = profile_model(model, probe)
     candidates = list(base.names)
     profile = base
+    head = classifier_head(model)
     if scheme.uses_peft:
         model = scheme.wrap(model, base, config)
         candidates = [n for n, p in model.named_parameters() if not p.requires_grad]
@@ -158,7 +162,7 @@ def setup(config: TrainConfig, dist: distributed.DistInfo, writer: RunWriter) ->
     if scheme.reselects:
         account.counters.flops_selection += profile.t_fp  # the profiling forward pass is GreenTrainer's cost
         check_rho(profile, scheme.rho)  # before the importance pass: a budget that trains nothing fails now
-    trainable = scheme.trainable(profile)
+    trainable = scheme.initial_tensors(profile, head)
     if not trainable:
         raise ValueError(f"{scheme.label} trains no tensor of {config.model}: choose another scheme")
     params = dict(model.named_parameters())
@@ -200,19 +204,17 @@ def _checkpoint_activations(model: torch.nn.Module, name: str) -> None:
 
 
 def load_data(c: TrainConfig, tokenizer: Any, is_enc_dec: bool, dist: distributed.DistInfo | None = None,
-              device: torch.device | None = None) -> RunData:
-    """The splits of `c` encoded as a run encodes them (prompt, lengths, dropped examples); public so that a
-    baseline without training (the zero-shot model) is scored on exactly a run's validation rows."""
+              device: torch.device | None = None, *, splits: Any = None) -> RunData:
+    """The splits of `c` (loaded, or the `splits` already loaded) encoded as a run encodes them (prompt, lengths,
+    dropped examples); public so that a baseline without training (the zero-shot model) is scored on exactly a run's
+    validation rows."""
     dist = dist or distributed.DistInfo()
     device = device or torch.device("cpu")
-    limits = {"train": c.max_train_examples, "validation": c.max_eval_examples, "test": c.max_eval_examples}
-    splits = load_summarization(c.dataset, source_field=c.source_field, target_field=c.target_field,
-                                max_examples={k: v for k, v in limits.items() if v is not None})
-    prompt = resolve_prompt(tokenizer, is_enc_dec, c.prompt)
-    encode = dict(is_encoder_decoder=is_enc_dec, max_source_tokens=c.max_source_tokens,
-                  max_target_tokens=c.max_target_tokens, prompt=prompt)
-    train_rows, truncated = encode_examples(tokenizer, splits["train"], **encode)
-    val_rows, _ = encode_examples(tokenizer, splits["validation"], **encode)
+    task = c.task_spec
+    splits = splits if splits is not None else task.load_splits(c)
+    prompt = task.prompt(tokenizer, is_enc_dec, c)
+    train_rows, truncated = task.encode(tokenizer, splits["train"], c, is_encoder_decoder=is_enc_dec, prompt=prompt)
+    val_rows, _ = task.encode(tokenizer, splits["validation"], c, is_encoder_decoder=is_enc_dec, prompt=prompt)
     if len(train_rows) < c.batch_size:
         raise ValueError(f"the training split has {len(train_rows)} usable examples, fewer than one batch of "
                          f"{c.batch_size}{_too_long(splits['train'], train_rows, c)}; or use more data "
@@ -224,9 +226,9 @@ def load_data(c: TrainConfig, tokenizer: Any, is_enc_dec: bool, dist: distribute
         raise ValueError(f"batch_size={c.batch_size} is the global batch, split across the "
                          f"{dist.world_size} processes: use a batch size of at least {dist.world_size}")
     total = len(train_rows) // c.batch_size * c.epochs
-    return RunData(tokenizer=tokenizer, prompt=prompt, train_rows=train_rows, val_rows=val_rows,
-                   eval_data={split: splits[split] for split in ("validation", "test")}, truncated=truncated,
-                   is_encoder_decoder=is_enc_dec, batch_size=c.batch_size, seed=c.seed,
+    return RunData(tokenizer=tokenizer, task=task, prompt=prompt, train_rows=train_rows, val_rows=val_rows,
+                   train_split=splits["train"], eval_data={split: splits[split] for split in ("validation", "test")},
+                   truncated=truncated, is_encoder_decoder=is_enc_dec, batch_size=c.batch_size, seed=c.seed,
                    total_steps=min(total, c.max_steps) if c.max_steps else total, dist=dist, device=device)
 
 

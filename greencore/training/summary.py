@@ -46,14 +46,15 @@ def _write(s: RunState, status: str, step: int, ranks: list[dict], extra: dict) 
     peaks = [r["peak_memory_bytes"] for r in ranks if r["peak_memory_bytes"] is not None]
     summary: Summary = {
         "label": c.name, "scheme": s.scheme.name, "rho": s.scheme.rho, "k": s.scheme.k,
-        "model": c.model, "dataset": c.dataset, "prompt": s.data.prompt, "status": status, "steps": step,
+        "model": c.model, "task": c.task, "dataset": c.dataset, "prompt": s.data.prompt, "status": status,
+        "steps": step,
         "precision": s.precision.name, "skipped_steps": s.precision.skipped_steps, "attention": s.attention,
         "gradient_checkpointing": c.gradient_checkpointing, "prediction_miss": s.account.prediction_miss,
         "flops_total": total, "flops_training": training, "flops_selection": selection,
         "flops_full_equivalent": full,
         "flops_ratio": total / full if full else None,
         "flops_ratio_training": training / full if full else None,
-        "rouge1": None, "rouge2": None, "rougeL": None, "rougeLsum": None,
+        **dict.fromkeys(s.data.task.metrics),
         "val_loss": evals[-1]["loss"] if evals else None,
         "wall_seconds": max(r["wall_seconds"] for r in ranks),
         "selection_seconds": max(r["selection_seconds"] for r in ranks),
