@@ -225,6 +225,34 @@ def test_engine_ranks_train_identical_tensors_and_match_a_single_process_run(lau
     assert dist_summary["flops_training"] == pytest.approx(single["flops_training"], rel=0.05)
 
 
+def test_a_classification_run_on_two_ranks_matches_one_process(launched, tmp_path):
+    """Each example weighs one target: the ranks' shards give one process's losses, selections, scores and weights."""
+    from greencore.training import TrainConfig, train
+
+    _, (a, b), _ = launched
+    ca, cb = a["classify"], b["classify"]
+    assert ca["losses"] == cb["losses"] and ca["masks"] == cb["masks"] and len(ca["masks"]) == 3
+    assert all(torch.equal(ca["weights"][k], cb["weights"][k]) for k in ca["weights"])
+    single = train(TrainConfig(**CLASSIFY), tmp_path / "single")
+    assert ca["losses"] == pytest.approx([float(x) for x in _train_losses(tmp_path / "single")], rel=1e-5)
+    assert ca["summary"]["val_loss"] == pytest.approx(single["val_loss"], rel=1e-5)
+    for key in ("accuracy", "macro_f1", "majority_accuracy", "validation_accuracy"):
+        assert ca["summary"][key] == pytest.approx(single[key]), key
+    from safetensors.torch import load_file
+
+    from greencore.records import checkpoints
+
+    reference = load_file(str(checkpoints(tmp_path / "single")[-1] / "model.safetensors"))
+    for name, value in reference.items():  # summation order differs: within a tenth of one Adam step
+        assert float((ca["weights"][name] - value).abs().max()) <= 0.1 * CLASSIFY["lr"], name
+
+
+def _train_losses(path: Path) -> list[float]:
+    from greencore.records import load_run
+
+    return [m["loss"] for m in load_run(path).metrics if m["type"] == "train"]
+
+
 def test_energy_is_summed_over_the_ranks(launched):
     out, _, _ = launched
     energy = json.loads((out / "run" / "summary.json").read_text())["energy"]
@@ -409,6 +437,28 @@ def _resume_run(out: Path) -> dict:
     return seen
 
 
+CLASSIFY = dict(task="classification", model="tiny-llama", scheme="green:0.5", interval=1, interval_unit="step",
+                max_steps=3, probe_batches=1, max_train_examples=48, max_eval_examples=10, batch_size=8,
+                max_source_tokens=32, lr=1e-3, seed=0, device="cpu", energy=False)
+
+
+def _classification_run(out: Path) -> dict:
+    """A classification run on both ranks: its losses, selections, scores and final weights."""
+    from greencore.training import Run, TrainConfig
+
+    seen: dict = {"losses": [], "masks": []}
+    run = Run(TrainConfig(**CLASSIFY), out / "classify")
+    for event in run.events():
+        if event["type"] == "train":
+            seen["losses"].append(event["loss"])
+        elif event["type"] == "selection":
+            seen["masks"].append(event["mask"])
+        elif event["type"] == "done":
+            seen["weights"] = {n: t.detach().clone() for n, t in run.state.model.state_dict().items()}
+            seen["summary"] = event["summary"]
+    return seen
+
+
 def _callback_run(out: Path) -> dict:
     from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
@@ -455,6 +505,7 @@ def _main(out: Path) -> None:
     results["engine"] = _engine_run(out)
     results["resume"] = _resume_run(out)
     results["callback"] = _callback_run(out)
+    results["classify"] = _classification_run(out)
     torch.save(results, out / f"rank{rank}.pt")
     _crash(out)
 
