@@ -127,7 +127,8 @@ class SelectionRow(TypedDict, total=False):
     profile: str
     names: list[str]
     mask: list[bool]
-    importance: list[float]
+    importance: list[float]  # the score the selection used
+    probe_importance: list[float]  # this selection's probe alone (equal to importance unless importance_ema > 0)
     scored: list[bool]  # which importances were computed: a probe skips the tensors out of rho's reach (they hold 0)
     predicted_ratio: float
     objective: float

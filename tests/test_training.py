@@ -3,6 +3,7 @@
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -307,3 +308,29 @@ def test_cli_flags_and_app_defaults_come_from_train_config():
 
     assert _config(args) == TrainConfig(scheme="green:0.6", eval_rouge=False)
     assert _config(parser.parse_args(["train", "--out", "x"])) == TrainConfig()
+
+
+def test_importance_ema_averages_the_selections_probes_and_resumes_exactly(tmp_path):
+    """Issue 18's accumulated importance: each selection scores ema x the previous score + (1 - ema) x its probe
+    (the first, its probe alone), recorded beside the probe's own score, and a resumed run carries it on."""
+    ema = 0.75
+    cfg = config(scheme="green:0.6", epochs=2, interval=1, interval_unit="step", max_steps=4, importance_ema=ema)
+    train(cfg, tmp_path / "whole")
+    selections = load_run(tmp_path / "whole").selections
+    assert len(selections) == 4
+    np.testing.assert_array_equal(selections[0]["importance"], selections[0]["probe_importance"])
+    for before, now in zip(selections, selections[1:]):
+        expected = ema * np.array(before["importance"]) + (1 - ema) * np.array(now["probe_importance"])
+        np.testing.assert_allclose(now["importance"], expected, rtol=1e-12)
+        assert not np.allclose(now["importance"], now["probe_importance"])
+    run = Run(cfg, tmp_path / "cut")
+    for event in run.events():
+        if event["type"] == "train" and event["step"] == 2:
+            run.stop("interrupted")
+    for _ in Run.resume(tmp_path / "cut").events():
+        pass
+    resumed = load_run(tmp_path / "cut").selections
+    assert [s["importance"] for s in resumed] == [s["importance"] for s in selections]
+    assert [s["mask"] for s in resumed] == [s["mask"] for s in selections]
+    with pytest.raises(ValueError, match=r"--importance-ema 1.0 \(importance_ema=\) must be in \[0, 1\)"):
+        config(importance_ema=1.0)

@@ -43,7 +43,7 @@ def save(s: "RunState", name: str, at: Position) -> dict:
     tensors = {f"{pname}::{field}": torch.as_tensor(value).detach().cpu()
                for pname in s.profile.names for field, value in s.optimizer.state.get(params[pname], {}).items()}
     state = {"global_step": at.step, "epoch": at.epoch, "index": at.index, "trainable": s.trainable,
-             "selection_index": s.selection_index, "trainable_params": s.trainable_params,
+             "selection_index": s.selection_index, "importance": s.importance, "trainable_params": s.trainable_params,
              "scheduler": s.scheduler.state_dict(), "rng": _rng_state(), "energy": s.energy.state_dict(),
              "precision": s.precision.state_dict(), **s.account.state_dict()}
     if s.dist.enabled:  # every rank's counters and RNG go into rank 0's checkpoint; the weights must be identical
@@ -89,6 +89,7 @@ def restore(s: "RunState", out: Path) -> tuple[Path, Position]:
     for group, lr in zip(s.optimizer.param_groups, s.scheduler.get_last_lr()):
         group["lr"] = lr  # the scheduler's state does not carry the learning rate it last set
     s.selection_index = state["selection_index"]
+    s.importance = state.get("importance")  # absent in checkpoints written before importance_ema
     s.trainable_params = state["trainable_params"]
     s.account.load_state_dict(state)
     s.energy.load_state_dict(state.get("energy", {}))

@@ -53,6 +53,9 @@ class TrainConfig:
     probe_batches: int = _setting(2, "batches the importance of each re-selection is averaged over")
     metric: str = _setting("taylor", "importance metric of green: taylor, grad_l1, fisher, magnitude, random, or "
                                       "the structural uniform or params")
+    importance_ema: float = _setting(0.0, "weight of the earlier selections in the score a re-selection uses: "
+                                     "ema x the previous score + (1 - ema) x this probe's, in [0, 1); 0 (the "
+                                     "paper's): each selection scores its own probe only")
     k: int | None = _setting(2, "blocks trained by top-k")
     lora_r: int = _setting(8, "LoRA rank")
     lora_alpha: int = _setting(32, "LoRA scaling alpha")
@@ -113,6 +116,7 @@ class TrainConfig:
         checks = [
             ("interval", self.interval >= 1, ">= 1"),
             ("probe_batches", self.probe_batches >= 1, ">= 1"),
+            ("importance_ema", 0 <= self.importance_ema < 1, "in [0, 1)"),
             ("metric", self.metric in IMPORTANCE_METRICS, f"one of {', '.join(IMPORTANCE_METRICS)}"),
             ("interval_unit", self.interval_unit in ("epoch", "step"), "'epoch' or 'step'"),
             ("prompt", self.prompt in PROMPTS, f"one of {', '.join(PROMPTS)}"),

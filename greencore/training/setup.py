@@ -125,6 +125,7 @@ class RunState:
     account: FlopsAccount = field(default_factory=FlopsAccount)
     energy: EnergyMeter = field(default_factory=lambda: EnergyMeter(enabled=False))
     selection_index: int = 0
+    importance: list[float] | None = None  # the score the last selection used (`importance_ema` carries it on)
     trainable_params: int = 0
     memory: Any = None  # the `summary.PeakMemory` of the training loop, once it runs
     precision: Precision = field(default_factory=lambda: Precision("fp32", torch.device("cpu")))

@@ -63,7 +63,8 @@ def reselect(s: RunState, epoch: int, step: int) -> SelectionRow:
 
     Under DDP each rank probes its shard of the same global probe batches and the gradients are summed over the
     ranks (weighted by label tokens) before scoring; rank 0's selection is then broadcast, so every rank trains the
-    same tensors by construction.
+    same tensors by construction. With `importance_ema` the score is an exponential moving average over the
+    selections' probes (a tensor trained for a while keeps part of the score its gradient had before it shrank).
     """
     c = s.config
     started = time.perf_counter()
@@ -73,8 +74,12 @@ def reselect(s: RunState, epoch: int, step: int) -> SelectionRow:
         importance = tensor_importance(s.model, [b for b, _ in probes], s.optimizer, metric, profile=s.profile,
                                        seed=c.seed + s.selection_index, weights=[w for _, w in probes],
                                        reduce=distributed.gradient_reduce(s.dist), rho=s.scheme.rho)
+    probed = importance
+    if c.importance_ema and s.importance is not None:  # an importance that survives its own success
+        importance = c.importance_ema * np.asarray(s.importance) + (1 - c.importance_ema) * np.asarray(probed)
     selection, importance = distributed.broadcast_object(
         (select_tensors(s.profile, importance, s.scheme.rho), importance), s.dist)
+    s.importance = [float(x) for x in importance]
     require_tensors(selection, metric)
     scored = s.profile.within_reach(s.scheme.rho) if metric in GRADIENT_METRICS else np.ones(len(importance), bool)
     set_trainable(s.model, selection.trainable, s.optimizer, candidates=s.profile.names)
@@ -86,7 +91,8 @@ def reselect(s: RunState, epoch: int, step: int) -> SelectionRow:
     row: SelectionRow = {
         "type": "selection", "index": s.selection_index, "step": step, "epoch": epoch, "rho": s.scheme.rho,
         "metric": metric, "profile": "profile.json", "names": s.profile.names, "mask": selection.mask.tolist(),
-        "importance": [float(x) for x in importance],
+        "importance": s.importance,
+        "probe_importance": [float(x) for x in probed],
         "scored": scored.tolist(),
         "predicted_ratio": selection.predicted_ratio,
         "objective": selection.objective, "trainable_tensors": len(selection.trainable),
