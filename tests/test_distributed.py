@@ -426,14 +426,19 @@ def _resume_run(out: Path) -> dict:
         elif event["type"] == "selection":
             seen["masks"].append(event["mask"])
     seen["stopped_status"], seen["stopped_at"] = run.summary["status"], run.summary["steps"]
-    resumed = Run.resume(out / "cut")
-    for event in resumed.events():
+    return _follow(Run.resume(out / "cut"), seen)
+
+
+def _follow(run, seen: dict) -> dict:
+    """Run to the end, adding its losses and selections to `seen`, then its final weights and summary."""
+    for event in run.events():
         if event["type"] == "train":
             seen["losses"].append(event["loss"])
         elif event["type"] == "selection":
             seen["masks"].append(event["mask"])
         elif event["type"] == "done":
-            seen["weights"] = {n: t.detach().clone() for n, t in resumed.state.model.state_dict().items()}
+            seen["weights"] = {n: t.detach().clone() for n, t in run.state.model.state_dict().items()}
+            seen["summary"] = event["summary"]
     return seen
 
 
@@ -446,17 +451,7 @@ def _classification_run(out: Path) -> dict:
     """A classification run on both ranks: its losses, selections, scores and final weights."""
     from greencore.training import Run, TrainConfig
 
-    seen: dict = {"losses": [], "masks": []}
-    run = Run(TrainConfig(**CLASSIFY), out / "classify")
-    for event in run.events():
-        if event["type"] == "train":
-            seen["losses"].append(event["loss"])
-        elif event["type"] == "selection":
-            seen["masks"].append(event["mask"])
-        elif event["type"] == "done":
-            seen["weights"] = {n: t.detach().clone() for n, t in run.state.model.state_dict().items()}
-            seen["summary"] = event["summary"]
-    return seen
+    return _follow(Run(TrainConfig(**CLASSIFY), out / "classify"), {"losses": [], "masks": []})
 
 
 def _callback_run(out: Path) -> dict:
