@@ -137,7 +137,7 @@ def _loaded(args):
         check_batch_shape(model, args.batch_size, args.seq_len)
         return model, [meta_batch(model, args.batch_size, args.seq_len, seed=args.seed)]
     model, tokenizer = load_model(args.model, seed=args.seed, device=args.device,
-                                  num_labels=task.num_labels(task.load(dataset)))
+                                  num_labels=task.num_labels_of(dataset))
     model.train()
     check_batch_shape(model, args.batch_size, args.seq_len)
     count = getattr(args, "probe_batches", 1)

@@ -179,7 +179,7 @@ def profiled(spec: ExploreSpec, progress: Progress | None = None) -> Profiled:
         task = get_task(spec.task)
         report(0.0, f"loading {spec.model} (a first load converts or downloads it)")
         model, tokenizer = load_model(spec.model, seed=spec.seed, device=spec.device,
-                                      num_labels=task.num_labels(task.load(spec.dataset)))
+                                      num_labels=task.num_labels_of(spec.dataset))
         model.train()
         check_batch_shape(model, spec.batch_size, spec.seq_len)
         report(0.2, f"sampling {spec.probe_batches} batch(es) of {spec.batch_size} x {spec.seq_len} tokens")

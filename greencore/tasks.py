@@ -104,6 +104,10 @@ class Task:
         """The classes the model's head needs (None: the model keeps its language-model head)."""
         return None
 
+    def num_labels_of(self, name: str) -> int | None:
+        """`num_labels` of data set `name`, loading it only when the task gives the model a new head."""
+        return self.num_labels(self.load(name)) if self.new_head else None
+
     def longest(self, config: "TrainConfig", is_encoder_decoder: bool) -> int:
         """The most tokens a training row can have (for the batch-size check against the device's memory)."""
         raise NotImplementedError

@@ -49,7 +49,7 @@ def final_evaluation(s: RunState, step: int) -> Iterator[EvalRow]:
     """Predict the validation and test splits and score them as the task does (ROUGE of generated summaries, or a
     classifier's accuracy and macro-F1 beside the majority class's); yields one row per split and returns the
     scores for the summary (`validation_<metric>`, and the test split's as `<metric>`)."""
-    c, task = s.config, s.data.task
+    c, task = s.config, s.config.task_spec
     scores: dict[str, float] = {}
     if not task.evaluates(c):
         return scores

@@ -20,7 +20,6 @@ from ..models import check_batch_shape, classifier_head, load_model, set_attenti
 from ..profile import TensorProfile, profile_model
 from ..records import RunWriter
 from ..schemes import Scheme
-from ..tasks import Task
 from ..select import check_rho
 from ..trainable import set_trainable
 from .precision import Precision
@@ -44,7 +43,6 @@ class RunData:
     """A run's encoded splits and its batches: global batches in a seeded order, this rank's shard of each."""
 
     tokenizer: Any
-    task: Task
     prompt: str | None  # summarization: "tldr" or "chat" (a config's "auto" resolved for this tokenizer)
     train_rows: list[dict]
     val_rows: list[dict]
@@ -227,7 +225,7 @@ def load_data(c: TrainConfig, tokenizer: Any, is_enc_dec: bool, dist: distribute
         raise ValueError(f"batch_size={c.batch_size} is the global batch, split across the "
                          f"{dist.world_size} processes: use a batch size of at least {dist.world_size}")
     total = len(train_rows) // c.batch_size * c.epochs
-    return RunData(tokenizer=tokenizer, task=task, prompt=prompt, train_rows=train_rows, val_rows=val_rows,
+    return RunData(tokenizer=tokenizer, prompt=prompt, train_rows=train_rows, val_rows=val_rows,
                    train_split=splits["train"], eval_data={split: splits[split] for split in ("validation", "test")},
                    truncated=truncated, is_encoder_decoder=is_enc_dec, batch_size=c.batch_size, seed=c.seed,
                    total_steps=min(total, c.max_steps) if c.max_steps else total, dist=dist, device=device)

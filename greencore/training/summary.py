@@ -54,7 +54,7 @@ def _write(s: RunState, status: str, step: int, ranks: list[dict], extra: dict) 
         "flops_full_equivalent": full,
         "flops_ratio": total / full if full else None,
         "flops_ratio_training": training / full if full else None,
-        **dict.fromkeys(s.data.task.metrics),
+        **dict.fromkeys(c.task_spec.metrics),
         "val_loss": evals[-1]["loss"] if evals else None,
         "wall_seconds": max(r["wall_seconds"] for r in ranks),
         "selection_seconds": max(r["selection_seconds"] for r in ranks),
