@@ -101,3 +101,14 @@ def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "greencore.cli", "select", "--rho", "2"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
+
+
+def test_profile_of_a_classifier_and_its_bad_flags(tmp_path, capsys):
+    out = tmp_path / "profile.json"
+    assert main(["profile", "--model", "tiny-llama", "--task", "classification", "--batch-size", "2", "--seq-len", "32",
+                 "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["names"][0] == "score.weight"  # the new head, nearest the loss
+    assert main(["profile", "--config-only", "--model", "tiny-llama", "--task", "classification"]) == 2
+    assert "--config-only profiles a language model" in capsys.readouterr().err
+    assert main(["train", "--task", "classification", "--dataset", "stdlib-tldr", "--out", str(tmp_path / "r")]) == 2
+    assert "not a classification data set" in capsys.readouterr().err
