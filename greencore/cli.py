@@ -46,6 +46,8 @@ def _common_model(p: argparse.ArgumentParser) -> None:
     prompt = next(f for f in dataclasses.fields(TrainConfig) if f.name == "prompt")
     p.add_argument("--prompt", default=prompt.default, choices=prompt.metadata["choices"],
                    help=f"prompt of the probe batches, as in train (default: {prompt.default})")
+    split = next(f for f in dataclasses.fields(TrainConfig) if f.name == "split_tied")
+    p.add_argument("--split-tied", action="store_true", help=split.metadata["help"])
     p.add_argument("--config-only", action="store_true",
                    help="no weights: build the model from its config on the meta device (any size; --model may also "
                         "be an architecture such as llama-3-70b, or a config.json), one batch of full rows")
@@ -154,7 +156,7 @@ def _profile(args) -> int:
     from .select import round_rho_up
 
     model, batches = _loaded(args)
-    profile = profile_model(model, batches[0])
+    profile = profile_model(model, batches[0], split_tied=args.split_tied)
     rows = [(n, lay.stack if lay.stack != "none" else "", "" if lay.block is None else str(lay.block), lay.type,
              format_flops(dw), format_flops(dy)) for n, lay, dw, dy in
             zip(profile.names, profile.layout, profile.t_dw, profile.t_dy)]
@@ -183,10 +185,10 @@ def _select(args) -> int:
         raise ValueError(f"--metric {metric} needs the model's weights; with --config-only use "
                          f"{' or '.join(STRUCTURAL_METRICS)}")
     model, batches = _loaded(args)
-    profile = profile_model(model, batches[0])
+    profile = profile_model(model, batches[0], split_tied=args.split_tied)
     importance = tensor_importance(model, batches, metric=metric, profile=profile, seed=args.seed)
     selection = select_tensors(profile, importance, args.rho)
-    measured = measure_training_flops(model, batches[0], selection.trainable)["total"]
+    measured = measure_training_flops(model, batches[0], selection.trainable, names=profile.names)["total"]
     full = measure_training_flops(model, batches[0], profile.names)["total"]
     rows = [(n, str(profile.layout[i].block if profile.layout[i].block is not None else ""),
              profile.layout[i].type, f"{importance[i]:.3g}", format_flops(profile.t_dw[i]))

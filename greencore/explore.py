@@ -154,7 +154,7 @@ class Exploration:
         with _compute_lock:
             if self._full_flops is None:
                 self._full_flops = measure_training_flops(model, batch, self.profile.names)["total"]
-            measured = measure_training_flops(model, batch, selection.trainable)["total"]
+            measured = measure_training_flops(model, batch, selection.trainable, names=self.profile.names)["total"]
         return {"measured": float(measured), "full": float(self._full_flops), "ratio": measured / self._full_flops}
 
 

@@ -17,6 +17,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from .data import IGNORE_INDEX
+from .trainable import parameters_by_name, trained_as
 
 __all__ = [
     "flop_counter", "flop_registry", "measure_training_flops", "model_loss", "own_loss", "rng_devices",
@@ -154,25 +155,17 @@ def measure_training_flops(
     """Measure one forward+backward with FlopCounterMode, training exactly the tensors in `trainable`.
 
     `trainable` is a collection of parameter names, an object with a `.trainable` list (a `Selection`), or a boolean
-    mask aligned with `names` (for example `profile.names`). Only those tensors require grad during the measurement;
+    mask aligned with `names` (for example `profile.names`; a split profile's other names of a tied weight train only
+    their module's use, as in `trainable.set_trainable`). Only those tensors require grad during the measurement;
     every parameter's `requires_grad` and `.grad`, and the RNG (dropout), are restored afterwards. Returns forward,
     backward and total FLOPs.
     """
-    params = dict(model.named_parameters())
+    params = parameters_by_name(model)
     wanted = _trainable_names(trainable, names)
     unknown = wanted - params.keys()
     if unknown:
         raise ValueError(f"not parameters of this model: {sorted(unknown)[:5]}")
-    saved = {n: (p.requires_grad, p.grad) for n, p in params.items()}
-    with torch.random.fork_rng(devices=rng_devices(params.values())):
-        return _measure(model, batch, params, wanted, saved)
-
-
-def _measure(model, batch, params, wanted, saved) -> dict[str, int]:
-    try:
-        for n, p in params.items():
-            p.requires_grad_(n in wanted)
-            p.grad = None
+    with torch.random.fork_rng(devices=rng_devices(params.values())), trained_as(model, wanted, names or ()):
         with flop_counter() as counter:
             loss = model_loss(model, batch)
         forward = counter.get_total_flops()
@@ -181,10 +174,6 @@ def _measure(model, batch, params, wanted, saved) -> dict[str, int]:
             with flop_counter() as counter:
                 loss.backward()
             backward = counter.get_total_flops()
-    finally:
-        for n, p in params.items():
-            p.requires_grad_(saved[n][0])
-            p.grad = saved[n][1]
     return {"forward": int(forward), "backward": int(backward), "total": int(forward + backward)}
 
 

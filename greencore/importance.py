@@ -16,8 +16,10 @@ import torch
 
 from .flops import model_loss, rng_devices
 from .profile import TensorProfile, profile_model
+from .trainable import parameters_by_name, separate_uses
 
-__all__ = ["GRADIENT_METRICS", "IMPORTANCE_METRICS", "STRUCTURAL_METRICS", "GradientReduce", "tensor_importance"]
+__all__ = ["GRADIENT_METRICS", "IMPORTANCE_METRICS", "STRUCTURAL_METRICS", "GradientReduce", "gradient_scores",
+           "tensor_importance"]
 
 STRUCTURAL_METRICS = ("uniform", "params")
 """Metrics that need neither data nor weights (so they work on a meta-device model): every tensor worth 1 (a
@@ -62,6 +64,9 @@ def tensor_importance(
     With `rho`, a gradient metric (`GRADIENT_METRICS`) scores only the tensors a selection within rho could train
     (`TensorProfile.within_reach`) and gives the others 0: the probe's backward then stops at the deepest tensor
     within reach, and the selection at rho is the one full scores would give (no selection can hold the others).
+
+    A split profile's entries for one tied weight (`profile_model(split_tied=True)`) are scored from the gradient of
+    their own module's use, with the weight's optimizer state.
     """
     if metric not in IMPORTANCE_METRICS:
         raise ValueError(f"unknown importance metric {metric!r}; choose one of {', '.join(IMPORTANCE_METRICS)}")
@@ -70,7 +75,7 @@ def tensor_importance(
         if not batches:
             raise ValueError("need at least one probe batch to profile the model")
         profile = profile_model(model, batches[0])
-    params = dict(model.named_parameters())
+    params = parameters_by_name(model)
     tensors = [params[n] for n in profile.names]
     if metric == "random":
         return np.random.default_rng(seed).random(len(tensors))
@@ -92,29 +97,43 @@ def tensor_importance(
     total = np.zeros(len(tensors))
     if not wanted:
         return total
-    saved = [t.requires_grad for t in tensors]
+    saved = {id(t): (t, t.requires_grad) for t in tensors}
     try:
-        for t, keep in zip(tensors, scored):
-            t.requires_grad_(bool(keep))  # a tensor out of reach builds no graph: the backward stops above it
-        for batch, weight in zip(batches, weights):
-            with torch.random.fork_rng(devices=rng_devices(tensors)):
-                loss = model_loss(model, batch) * weight  # exact for the weight 1 of a single process
-                grads = list(torch.autograd.grad(loss, wanted, allow_unused=True))
-            used = [g is not None for g in grads]
-            if reduce is None:
-                value = loss.item()
-            else:  # every process must send a gradient for every scored tensor, used here or not
-                grads = [torch.zeros_like(t) if g is None else g for t, g in zip(wanted, grads)]
-                value = reduce(grads, loss.detach().float())
-            if not math.isfinite(value):
-                raise ValueError(f"the probe loss is {value}: importance cannot be computed on a diverged model")
-            for k, t, g, ok in zip(np.flatnonzero(scored), wanted, grads, used):
-                if ok:
-                    total[k] += _score(metric, t, g, update)
+        for t in tensors:
+            t.requires_grad_(False)
+        with separate_uses(model, [n for n, keep in zip(profile.names, scored) if keep]) as uses:
+            inputs = list(uses.values())  # a tied weight's other names: a leaf of its own, the gradient of that use
+            for t in inputs:
+                t.requires_grad_(True)  # a tensor out of reach builds no graph: the backward stops above it
+            for batch, weight in zip(batches, weights):
+                with torch.random.fork_rng(devices=rng_devices(tensors)):
+                    loss = model_loss(model, batch) * weight  # exact for the weight 1 of a single process
+                    grads = list(torch.autograd.grad(loss, inputs, allow_unused=True))
+                used = [g is not None for g in grads]
+                if reduce is None:
+                    value = loss.item()
+                else:  # every process must send a gradient for every scored tensor, used here or not
+                    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads)]
+                    value = reduce(grads, loss.detach().float())
+                if not math.isfinite(value):
+                    raise ValueError(f"the probe loss is {value}: importance cannot be computed on a diverged model")
+                for k, g, ok in zip(np.flatnonzero(scored), grads, used):
+                    if ok:
+                        total[k] += _score(metric, tensors[k], g, update)
     finally:
-        for t, flag in zip(tensors, saved):
+        for t, flag in saved.values():
             t.requires_grad_(flag)
     return total / len(batches)
+
+
+def gradient_scores(tensors: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None],
+                    optimizer: torch.optim.Optimizer | None = None, metric: str = "taylor") -> np.ndarray:
+    """The score of each tensor from a gradient computed elsewhere (a training step's own, with `probe="step"`), as
+    `tensor_importance` scores a probe batch's; a tensor without a gradient scores 0."""
+    if metric not in GRADIENT_METRICS:
+        raise ValueError(f"{metric!r} is not scored from gradients; choose one of {', '.join(GRADIENT_METRICS)}")
+    update = _update_rule(optimizer, list(tensors)) if metric == "taylor" else None
+    return np.array([0.0 if g is None else _score(metric, t, g, update) for t, g in zip(tensors, grads)])
 
 
 def _score(metric: str, p: torch.Tensor, g: torch.Tensor, update: Any) -> float:

@@ -24,6 +24,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .flops import flop_counter, flop_registry, model_loss, rng_devices
 from .layout import TensorLayout, tensor_layout
+from .trainable import separate_uses, tied_aliases
 
 __all__ = ["TensorProfile", "profile_model"]
 
@@ -161,21 +162,30 @@ def profile_model(
     batch: Mapping[str, Any],
     *,
     loss_fn: Callable[[torch.nn.Module, Mapping[str, Any]], torch.Tensor] = model_loss,
+    split_tied: bool = False,
 ) -> TensorProfile:
     """Profile one training step of `model` on `batch` (the dict the model is called with, including labels).
 
     `loss_fn(model, batch)` must compute the loss exactly as training will: greencore's engine uses `model_loss`,
     `transformers.Trainer` the model's own loss (`own_loss`), which costs more on causal LMs. The trainable tensors are the parameters that require grad now and that the forward pass uses. The model's
     weights, requires_grad flags and the global RNG are left as they were.
+
+    With `split_tied`, a weight reached by several names (a tied embedding and LM head) gets one entry per name, each
+    its module's use of the weight (`trainable.tied_aliases`): the head's use sits nearest the loss with the cost of
+    its weight gradient alone, the embedding's use at the bottom. Training a subset of the entries is what
+    `set_trainable` does with those names, and the prediction for any subset is exact as for any other tensors.
     """
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no parameter that requires grad: nothing to profile")
+    aliases = list(tied_aliases(model, [n for n, _ in params])) if split_tied else []
     constants = [t for t in model.parameters() if not t.requires_grad] + list(model.buffers())
-    tracer = _Tracer([p for _, p in params], constants)
-    with torch.random.fork_rng(devices=rng_devices(model.parameters())), torch.enable_grad(), tracer:
-        loss_fn(model, batch)  # traced; the loss itself is not needed
-    return _build_profile(model, [n for n, _ in params], tracer)
+    # each use traced through its own copy (a storage of its own), so the tracer tells the uses apart
+    with separate_uses(model, aliases, make=lambda p: p.detach().clone()) as uses:
+        tracer = _Tracer([p for _, p in params] + [uses[n] for n in aliases], constants)
+        with torch.random.fork_rng(devices=rng_devices(model.parameters())), torch.enable_grad(), tracer:
+            loss_fn(model, batch)  # traced; the loss itself is not needed
+    return _build_profile(model, [n for n, _ in params] + aliases, tracer)
 
 
 _ACT = 1  # bit 0 of a dependency mask: the value depends on the model's inputs; bit i+1: on trainable tensor i

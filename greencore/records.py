@@ -124,6 +124,7 @@ class SelectionRow(TypedDict, total=False):
     epoch: int
     rho: float
     metric: str
+    probe: str  # "batches": probe passes of their own (flops_overhead); "step": the gradients of the step it precedes
     profile: str
     names: list[str]
     mask: list[bool]

@@ -247,6 +247,24 @@ def test_a_classification_run_on_two_ranks_matches_one_process(launched, tmp_pat
         assert float((ca["weights"][name] - value).abs().max()) <= 0.1 * CLASSIFY["lr"], name
 
 
+def test_issue_18_options_keep_the_ranks_identical_and_match_one_process(launched, tmp_path):
+    """probe="step" with importance_ema: the step's gradients DDP averaged score the same selection on every rank as
+    on one process; split_tied: the head's use trains alone on both ranks, identically."""
+    from greencore.training import TrainConfig, train
+    from greencore.records import load_run
+
+    _, (a, b), _ = launched
+    for name in ("options", "tied"):
+        assert a[name]["losses"] == b[name]["losses"] and a[name]["masks"] == b[name]["masks"], name
+        assert all(torch.equal(a[name]["weights"][k], b[name]["weights"][k]) for k in a[name]["weights"]), name
+    assert all(m[0] and not m[-1] for m in a["tied"]["masks"])  # lm_head.weight's use, not the embedding's
+    single = train(TrainConfig(**OPTIONS), tmp_path / "single")
+    record = load_run(tmp_path / "single")
+    assert [s["mask"] for s in record.selections] == a["options"]["masks"] and len(record.selections) == 3
+    assert a["options"]["losses"] == pytest.approx(_train_losses(tmp_path / "single"), rel=1e-5)
+    assert a["options"]["summary"]["val_loss"] == pytest.approx(single["val_loss"], rel=1e-5)
+
+
 def _train_losses(path: Path) -> list[float]:
     from greencore.records import load_run
 
@@ -454,6 +472,19 @@ def _classification_run(out: Path) -> dict:
     return _follow(Run(TrainConfig(**CLASSIFY), out / "classify"), {"losses": [], "masks": []})
 
 
+# issue 18's options: scores from the step a selection precedes, averaged over the selections (tiny-llama: no dropout,
+# so the ranks compute what one process computes); and a tied weight split into its uses (tiny-gpt2 has a tied head)
+OPTIONS = dict(ENGINE, probe="step", importance_ema=0.5, energy=False)
+TIED = dict(ENGINE, model="tiny-gpt2", split_tied=True, metric="magnitude", rho=0.45, scheme="green", energy=False)
+
+
+def _options_runs(out: Path) -> dict:
+    from greencore.training import Run, TrainConfig
+
+    return {name: _follow(Run(TrainConfig(**cfg), out / name), {"losses": [], "masks": []})
+            for name, cfg in (("options", OPTIONS), ("tied", TIED))}
+
+
 def _callback_run(out: Path) -> dict:
     from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
@@ -501,6 +532,7 @@ def _main(out: Path) -> None:
     results["resume"] = _resume_run(out)
     results["callback"] = _callback_run(out)
     results["classify"] = _classification_run(out)
+    results.update(_options_runs(out))
     torch.save(results, out / f"rank{rank}.pt")
     _crash(out)
 

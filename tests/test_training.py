@@ -334,3 +334,70 @@ def test_importance_ema_averages_the_selections_probes_and_resumes_exactly(tmp_p
     assert [s["mask"] for s in resumed] == [s["mask"] for s in selections]
     with pytest.raises(ValueError, match=r"--importance-ema 1.0 \(importance_ema=\) must be in \[0, 1\)"):
         config(importance_ema=1.0)
+
+
+def test_split_tied_trains_the_head_use_as_predicted_and_resumes_exactly(tmp_path):
+    """Issue 18's head use of a tied weight as a run option: the selection can hold the head's use without the
+    embedding's, the steps cost what the split profile predicts and a resumed run matches."""
+    # magnitude scores both uses alike (the weight's size, the largest): the head's use is chosen, the embedding's
+    # is out of the budget's reach
+    cfg = config(scheme="green:0.45", split_tied=True, interval=2, interval_unit="step", max_steps=4,
+                 metric="magnitude")
+    summary = train(cfg, tmp_path / "whole")
+    run = load_run(tmp_path / "whole")
+    names = run.profile().names
+    assert names[0] == "lm_head.weight" and names[-1] == "transformer.wte.weight"
+    assert all(s["mask"][0] and not s["mask"][-1] for s in run.selections)
+    assert summary["prediction_miss"] == 0
+    assert summary["flops_ratio_training"] <= 0.45 + 0.02
+    run2 = Run(cfg, tmp_path / "cut")
+    for event in run2.events():
+        if event["type"] == "train" and event["step"] == 3:
+            run2.stop("interrupted")
+    for _ in Run.resume(tmp_path / "cut").events():
+        pass
+    a, b = load_run(tmp_path / "whole"), load_run(tmp_path / "cut")
+    assert [m["loss"] for m in a.metrics if m["type"] == "train"] == [m["loss"] for m in b.metrics if m["type"] == "train"]
+    wa, wb = _weights(checkpoints(tmp_path / "whole")[-1]), _weights(checkpoints(tmp_path / "cut")[-1])
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    with pytest.raises(ValueError, match=r"--split-tied True \(split_tied=\) must be off for a scheme that does not "
+                                         r"select tensors"):
+        config(scheme="full", split_tied=True)
+
+
+def test_probe_step_scores_the_step_it_precedes_and_updates_only_the_selection(tmp_path):
+    """Issue 18's cheaper probe: with probe="step" a re-selection scores the gradients of the step it precedes. Its
+    scores equal tensor_importance on that same batch and model (a separate computation), no probe pass is counted,
+    and the step moves the selected tensors only."""
+    from greencore.importance import tensor_importance
+    from greencore.records import RunWriter
+    from greencore.training import distributed
+    from greencore.training.checkpoint import seed_everything
+    from greencore.training.setup import setup
+
+    cfg = config(scheme="green:0.5", probe="step", max_steps=1, keep_checkpoints=1)
+    seed_everything(cfg.seed)
+    s = setup(cfg, distributed.SINGLE, RunWriter(tmp_path / "scratch", enabled=False))
+    batch, _ = next(iter(s.data.epoch(0)))
+    expected = tensor_importance(s.model, [batch], torch.optim.AdamW(s.model.parameters(), lr=cfg.lr,
+                                                                     weight_decay=cfg.weight_decay),
+                                 profile=s.profile, rho=0.5)
+    before = {n: p.detach().clone() for n, p in s.model.named_parameters()}
+    summary = train(cfg, tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    (row,) = run.selections
+    assert row["probe"] == "step" and row["flops_overhead"] == 0
+    np.testing.assert_allclose(row["probe_importance"], expected, rtol=1e-4, atol=1e-12)
+    assert summary["flops_selection"] == run.profile().t_fp  # the profiling pass only
+    after = _weights(checkpoints(tmp_path / "run")[-1])
+    moved = {n for n in before if n in after and not torch.equal(before[n], after[n])}
+    chosen = {n for n, m in zip(row["names"], row["mask"]) if m}
+    assert moved == chosen
+    # the step's backward reached every tensor within rho: it cost more than the selection alone would
+    profile = run.profile()
+    first = next(m for m in run.metrics if m["type"] == "train")
+    ratio = (first["flops"] - profile.t_fp) / first["flops_full"]  # this batch's shape is close to the profile's
+    assert ratio == pytest.approx(profile.step_flops(row["scored"]) / profile.full_flops, abs=0.03)
+    assert ratio > row["predicted_ratio"] + 0.05
+    with pytest.raises(ValueError, match=r"--split-tied True \(split_tied=\) must be off with --probe step"):
+        config(split_tied=True, probe="step")

@@ -39,9 +39,8 @@ class Position:
 
 def save(s: "RunState", name: str, at: Position) -> dict:
     """Write checkpoint `name` of the run at `at` (a collective under DDP) and return its event."""
-    params = dict(s.model.named_parameters())
     tensors = {f"{pname}::{field}": torch.as_tensor(value).detach().cpu()
-               for pname in s.profile.names for field, value in s.optimizer.state.get(params[pname], {}).items()}
+               for pname, p in s.model.named_parameters() for field, value in s.optimizer.state.get(p, {}).items()}
     state = {"global_step": at.step, "epoch": at.epoch, "index": at.index, "trainable": s.trainable,
              "selection_index": s.selection_index, "importance": s.importance, "trainable_params": s.trainable_params,
              "scheduler": s.scheduler.state_dict(), "rng": _rng_state(), "energy": s.energy.state_dict(),

@@ -51,11 +51,19 @@ class TrainConfig:
     interval: int = _setting(1, "re-select every this many epochs (or steps, with --interval-unit step)")
     interval_unit: str = _setting("epoch", "unit of --interval", choices=("epoch", "step"))
     probe_batches: int = _setting(2, "batches the importance of each re-selection is averaged over")
+    probe: str = _setting("batches", "where a re-selection's gradients come from: batches (the paper's: probe passes "
+                          "over --probe-batches batches of their own), or step (the step it precedes: its backward "
+                          "reaches every tensor within the budget once, their gradients are scored and only the "
+                          "selected tensors are updated; no probe passes)", choices=("batches", "step"))
     metric: str = _setting("taylor", "importance metric of green: taylor, grad_l1, fisher, magnitude, random, or "
                                       "the structural uniform or params")
     importance_ema: float = _setting(0.0, "weight of the earlier selections in the score a re-selection uses: "
                                      "ema x the previous score + (1 - ema) x this probe's, in [0, 1); 0 (the "
                                      "paper's): each selection scores its own probe only")
+    split_tied: bool = _setting(False, "green/random: a tied weight (input embedding = LM head) becomes one candidate "
+                                "per use, so the head's use can train alone, with the gradient of that use only and "
+                                "without the activation gradient down to the embedding (the paper: one tensor, "
+                                "priced by its deepest use)", flag="--split-tied")
     k: int | None = _setting(2, "blocks trained by top-k")
     lora_r: int = _setting(8, "LoRA rank")
     lora_alpha: int = _setting(32, "LoRA scaling alpha")
@@ -119,6 +127,7 @@ class TrainConfig:
             ("importance_ema", 0 <= self.importance_ema < 1, "in [0, 1)"),
             ("metric", self.metric in IMPORTANCE_METRICS, f"one of {', '.join(IMPORTANCE_METRICS)}"),
             ("interval_unit", self.interval_unit in ("epoch", "step"), "'epoch' or 'step'"),
+            ("probe", self.probe in ("batches", "step"), "'batches' or 'step'"),
             ("prompt", self.prompt in PROMPTS, f"one of {', '.join(PROMPTS)}"),
             ("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
             ("attention", self.attention in ATTENTIONS, f"one of {', '.join(ATTENTIONS)}"),
@@ -133,6 +142,10 @@ class TrainConfig:
         ]
         checks.append(("grid_intensity", self.grid_intensity is None
                        or (self.grid_intensity >= 0 and math.isfinite(self.grid_intensity)), "a number >= 0"))
+        checks.append(("split_tied", not self.split_tied or spec.reselects, "off for a scheme that does not select "
+                       "tensors (it trains whole tensors)"))
+        checks.append(("split_tied", not (self.split_tied and self.probe == "step"), "off with --probe step (one "
+                       "step's gradient of a tied weight cannot be told apart by use): use --probe batches"))
         for name, ok, expected in checks:
             if not ok:
                 raise ValueError(f"{flag(name)} {getattr(self, name)!r} ({name}=) must be {expected}")

@@ -17,12 +17,13 @@ from typing import Any, Iterator, Mapping
 
 from ..records import (DoneEvent, ResumeEvent, RunWriter, Summary, check_run_directory, latest_checkpoint, read_json,
                        remove_run)
+from ..importance import GRADIENT_METRICS
 from . import checkpoint, distributed
 from .checkpoint import Position
 from .config import TrainConfig, flag
 from .evaluation import final_evaluation, validate
 from .setup import RunState, setup
-from .step import reselect, train_step
+from .step import reselect, select_in_step, train_step
 from .summary import PeakMemory, write_summary
 
 __all__ = ["Run", "train"]
@@ -130,9 +131,13 @@ class Run:
                 for index, (batch, share) in enumerate(s.data.epoch(epoch)):
                     if epoch == at.epoch and index < at.index:
                         continue  # resumed mid-epoch: these batches were trained before the checkpoint
-                    if self._selection_due(s, epoch, index, step):
-                        yield reselect(s, epoch, step)
-                    yield train_step(s, batch, share, epoch, index, step)
+                    due = self._selection_due(s, epoch, index, step)
+                    if due and self._probes_on_step(s):  # the step scores the tensors, then trains the chosen
+                        yield from select_in_step(s, batch, share, epoch, index, step)
+                    else:
+                        if due:
+                            yield reselect(s, epoch, step)
+                        yield train_step(s, batch, share, epoch, index, step)
                     step += 1
                     if self._stop_requested() or step >= s.data.total_steps:
                         break
@@ -157,6 +162,10 @@ class Run:
         if c.interval_unit == "step":
             return step % c.interval == 0
         return index == 0 and epoch % c.interval == 0
+
+    def _probes_on_step(self, s: RunState) -> bool:
+        """Whether a re-selection takes its gradients from the step it precedes (`probe="step"`, a gradient metric)."""
+        return self.config.probe == "step" and s.scheme.importance_metric(self.config.metric) in GRADIENT_METRICS
 
     def _stop_requested(self) -> bool:
         """Whether to stop; under DDP a collective, true on every rank once any rank was asked to stop."""

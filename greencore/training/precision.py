@@ -57,6 +57,10 @@ class Precision:
         """Backward of `loss`, scaled first under fp16."""
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
 
+    def grad_scale(self) -> float:
+        """What the gradients of the last backward are multiplied by (fp16's loss scale; 1 otherwise)."""
+        return 1.0 if self.scaler is None else float(self.scaler.get_scale())
+
     def step(self, optimizer: torch.optim.Optimizer, params: list[torch.Tensor], max_grad_norm: float) -> bool:
         """Clip (after unscaling) and step; under fp16 a step with inf/NaN gradients is skipped. Returns whether the
         optimizer stepped."""

@@ -21,7 +21,7 @@ from ..profile import TensorProfile, profile_model
 from ..records import RunWriter
 from ..schemes import Scheme
 from ..select import check_rho
-from ..trainable import set_trainable
+from ..trainable import parameters_by_name, set_trainable
 from .precision import Precision
 from . import distributed
 from ..energy import EnergyMeter
@@ -143,7 +143,7 @@ def setup(config: TrainConfig, dist: distributed.DistInfo, writer: RunWriter) ->
     model.train()
     probe = data.profiling_batch(model)
     with precision.autocast():  # the kernels a step runs (fused attention's may depend on the dtype)
-        base = profile_model(model, probe)
+        base = profile_model(model, probe, split_tied=config.split_tied)
     candidates = list(base.names)
     profile = base
     head = classifier_head(model)
@@ -164,8 +164,9 @@ def setup(config: TrainConfig, dist: distributed.DistInfo, writer: RunWriter) ->
     trainable = scheme.initial_tensors(profile, head)
     if not trainable:
         raise ValueError(f"{scheme.label} trains no tensor of {config.model}: choose another scheme")
-    params = dict(model.named_parameters())
-    optimizer = torch.optim.AdamW([params[n] for n in profile.names], lr=config.lr, weight_decay=config.weight_decay)
+    params = parameters_by_name(model)  # a split profile names a tied weight twice: the optimizer holds it once
+    optimizer = torch.optim.AdamW(list({id(params[n]): params[n] for n in profile.names}.values()), lr=config.lr,
+                                  weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(_linear_decay,
                                                                                total_steps=data.total_steps))
     set_trainable(model, trainable, optimizer, candidates=profile.names)

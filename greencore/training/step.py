@@ -9,25 +9,28 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Callable
 
 import numpy as np
 import torch
 
 from ..flops import flop_counter, model_loss
-from ..importance import GRADIENT_METRICS, tensor_importance
+from ..importance import GRADIENT_METRICS, gradient_scores, tensor_importance
 from ..records import SelectionRow, TrainRow, checkpoints
 from ..select import require_tensors, select_tensors
-from ..trainable import set_trainable
+from ..trainable import parameters_by_name, set_trainable
 from . import distributed
 from .accounting import cost_key
 from .setup import RunState, TrainingError
 from .summary import write_summary
 
-__all__ = ["reselect", "train_step"]
+__all__ = ["reselect", "select_in_step", "train_step"]
 
 
-def train_step(s: RunState, batch: dict, share: float, epoch: int, index: int, step: int) -> TrainRow:
-    """Forward, backward and update on this rank's shard of one global batch; record and return the step's row."""
+def train_step(s: RunState, batch: dict, share: float, epoch: int, index: int, step: int,
+               before_update: Callable[[], None] | None = None) -> TrainRow:
+    """Forward, backward and update on this rank's shard of one global batch; record and return the step's row.
+    `before_update` runs between the backward pass and the update (`select_in_step` chooses there)."""
     s.model.train()
     key = cost_key(s.model, batch)
     started = time.perf_counter()
@@ -46,6 +49,8 @@ def train_step(s: RunState, batch: dict, share: float, epoch: int, index: int, s
         [loss.item() * share, counters.flops_total, counters.flops_full, energy["kwh"], energy["co2_kg"]], s.dist)
     if not math.isfinite(global_loss):
         _fail(s, global_loss, epoch, step)
+    if before_update is not None:
+        before_update()
     lr, stepped = _update(s)
     counters.train_seconds += seconds + time.perf_counter() - started
     s.trainable_params = max(s.trainable_params, _count_params(s.model, s.trainable))
@@ -71,10 +76,46 @@ def reselect(s: RunState, epoch: int, step: int) -> SelectionRow:
     metric = s.scheme.importance_metric(c.metric)
     probes = s.data.probes(s.selection_index, c.probe_batches)
     with flop_counter() as counter, s.precision.autocast():
-        importance = tensor_importance(s.model, [b for b, _ in probes], s.optimizer, metric, profile=s.profile,
-                                       seed=c.seed + s.selection_index, weights=[w for _, w in probes],
-                                       reduce=distributed.gradient_reduce(s.dist), rho=s.scheme.rho)
-    probed = importance
+        probed = tensor_importance(s.model, [b for b, _ in probes], s.optimizer, metric, profile=s.profile,
+                                   seed=c.seed + s.selection_index, weights=[w for _, w in probes],
+                                   reduce=distributed.gradient_reduce(s.dist), rho=s.scheme.rho)
+    return _choose(s, probed, metric, epoch, step, started, counter.get_total_flops())
+
+
+def select_in_step(s: RunState, batch: dict, share: float, epoch: int, index: int,
+                   step: int) -> tuple[SelectionRow, TrainRow]:
+    """A re-selection scored by the step it precedes (`probe="step"`), with no probe passes: every tensor within the
+    budget's reach requires grad for this step's backward, their gradients (under DDP already averaged over the
+    ranks) are scored, the selection is solved and applied, and the update moves the selected tensors only. What
+    the selection costs is the part of this step's backward beyond what the selection alone would spend: inside the
+    step's measured FLOPs, so the run's total is exact and its selection share shows the profiling pass only."""
+    metric = s.scheme.importance_metric(s.config.metric)
+    scored = s.profile.within_reach(s.scheme.rho)
+    names = [n for n, keep in zip(s.profile.names, scored) if keep]
+    set_trainable(s.model, names, s.optimizer, candidates=s.profile.names)
+    s.trainable = names
+    chosen: list[SelectionRow] = []
+
+    def choose() -> None:
+        started = time.perf_counter()
+        params = parameters_by_name(s.model)
+        scale = s.precision.grad_scale()
+        probed = np.zeros(len(scored))
+        probed[scored] = gradient_scores([params[n] for n in names],
+                                         [None if params[n].grad is None else params[n].grad / scale for n in names],
+                                         s.optimizer, metric)
+        chosen.append(_choose(s, probed, metric, epoch, step, started, 0))
+
+    row = train_step(s, batch, share, epoch, index, step, before_update=choose)
+    return chosen[0], row
+
+
+def _choose(s: RunState, probed: np.ndarray, metric: str, epoch: int, step: int, started: float,
+            flops: float) -> SelectionRow:
+    """Solve the selection from a probe's scores (averaged with the earlier ones under `importance_ema`), apply it
+    and record its row; `flops` is what the probe passes cost (0 when the scores came from a step)."""
+    c = s.config
+    importance = probed
     if c.importance_ema and s.importance is not None:  # an importance that survives its own success
         importance = c.importance_ema * np.asarray(s.importance) + (1 - c.importance_ema) * np.asarray(probed)
     selection, importance = distributed.broadcast_object(
@@ -85,13 +126,13 @@ def reselect(s: RunState, epoch: int, step: int) -> SelectionRow:
     set_trainable(s.model, selection.trainable, s.optimizer, candidates=s.profile.names)
     s.trainable = selection.trainable
     seconds = time.perf_counter() - started
-    s.account.counters.flops_selection += counter.get_total_flops()
+    s.account.counters.flops_selection += flops
     s.account.counters.selection_seconds += seconds
-    overhead = distributed.all_gather_object(counter.get_total_flops(), s.dist)
+    overhead = distributed.all_gather_object(flops, s.dist)
     row: SelectionRow = {
         "type": "selection", "index": s.selection_index, "step": step, "epoch": epoch, "rho": s.scheme.rho,
-        "metric": metric, "profile": "profile.json", "names": s.profile.names, "mask": selection.mask.tolist(),
-        "importance": s.importance,
+        "metric": metric, "probe": c.probe, "profile": "profile.json", "names": s.profile.names,
+        "mask": selection.mask.tolist(), "importance": s.importance,
         "probe_importance": [float(x) for x in probed],
         "scored": scored.tolist(),
         "predicted_ratio": selection.predicted_ratio,
@@ -126,5 +167,5 @@ def _fail(s: RunState, loss: float, epoch: int, step: int) -> None:
 
 
 def _count_params(model: torch.nn.Module, names: list[str]) -> int:
-    params = dict(model.named_parameters())
-    return sum(params[n].numel() for n in names)
+    params = parameters_by_name(model)
+    return sum(p.numel() for p in {id(params[n]): params[n] for n in names}.values())
