@@ -262,6 +262,9 @@ def start_run(
     eval_rouge: bool,
     precision: str = "auto",
     task: str = "summarization",
+    split_tied: bool = False,
+    probe: str = "batches",
+    importance_ema: float | None = 0.0,
 ) -> tuple[list[str], str, Any]:
     """Start a run of `scheme` on `task` in the background; returns the session's runs, a message and the run
     chooser."""
@@ -290,6 +293,9 @@ def start_run(
             num_beams=_whole(num_beams, "beams"),
             eval_rouge=bool(eval_rouge),
             precision=precision,
+            split_tied=bool(split_tied),
+            probe=probe,
+            importance_ema=_number(importance_ema, "importance EMA"),
         )
         handle = background.start(config, Path(runs_dir))
     except Exception as err:

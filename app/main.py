@@ -116,6 +116,14 @@ def build_app(runs_dir: str | Path = Path("runs"), *, explore_defaults: ExploreS
                 precision = gr.Dropdown(list(PRECISIONS), value=t.precision, label="precision",
                                         info="auto: bf16 on a GPU that has it, else fp32", elem_id="precision")
                 start_button = gr.Button("Start run", variant="primary", elem_id="start-run")
+            with gr.Accordion("Options beyond the paper (green, random; off by default)", open=False):
+                with gr.Row():
+                    split_tied = gr.Checkbox(t.split_tied, label="split a tied weight into its uses",
+                                             info=_field_help("split_tied"), elem_id="split-tied")
+                    probe = gr.Radio(["batches", "step"], value=t.probe, label="importance from",
+                                     info=_field_help("probe"), elem_id="probe")
+                    importance_ema = gr.Number(t.importance_ema, label="importance EMA (0: off)",
+                                               info=_field_help("importance_ema"), elem_id="importance-ema")
             train_message = gr.Markdown(elem_id="train-message")
             with gr.Row():
                 run_choice = gr.Dropdown([], label="run", scale=3)
@@ -161,7 +169,8 @@ def build_app(runs_dir: str | Path = Path("runs"), *, explore_defaults: ExploreS
 
         # Train
         settings = [train_model, train_dataset, scheme, train_rho, k, epochs, max_steps, train_batch, lr, interval,
-                    interval_unit, max_train, max_eval, num_beams, eval_rouge, precision, train_task]
+                    interval_unit, max_train, max_eval, num_beams, eval_rouge, precision, train_task, split_tied, probe,
+                    importance_ema]
         train_task.change(handlers.task_form, train_task, train_dataset, api_visibility="private")
         start_button.click(partial(handlers.start_run, runs_dir), [runs_state, *settings],
                            [runs_state, train_message, run_choice], api_name="start_run")
@@ -183,6 +192,11 @@ def build_app(runs_dir: str | Path = Path("runs"), *, explore_defaults: ExploreS
         compare_tab.select(**compare, api_visibility="private")
         demo.load(**compare, api_visibility="private")
     return demo
+
+
+def _field_help(name: str) -> str:
+    """A `TrainConfig` field's help text, the one the CLI prints."""
+    return next(f.metadata["help"] for f in fields(TrainConfig) if f.name == name)
 
 
 def _field_default(name: str) -> Any:

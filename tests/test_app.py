@@ -433,3 +433,23 @@ def test_explore_profiles_a_classifier_from_the_form():
     state, message, *_ = handlers.profile_choice(
         None, "tiny-llama", "stdlib-tldr", 2, 32, "taylor", 1, 0.5, "selected", False, "classification")
     assert state is None and "not a classification data set" in message
+
+
+def test_the_train_tab_switches_issue_18_options(tmp_path):
+    """The accordion's options reach the run's config; an impossible pair is a message, not a run."""
+    demo = build_app(tmp_path, explore_defaults=TINY_SPEC, profile_on_load=False)
+    shown = {c.elem_id: c.value for c in demo.blocks.values()
+             if getattr(c, "elem_id", None) in ("split-tied", "probe", "importance-ema")}
+    default = TrainConfig()
+    assert shown == {"split-tied": default.split_tied, "probe": default.probe, "importance-ema": default.importance_ema}
+    runs, path = start(tmp_path, max_steps=2, interval=1, interval_unit="step", precision="auto",
+                       task="summarization", split_tied=False, probe="step", importance_ema=0.5)
+    background.get(path).thread.join(120)
+    record = load_run(path)
+    assert record.summary["status"] == "finished"
+    assert (record.config["probe"], record.config["importance_ema"]) == ("step", 0.5)
+    assert [s["probe"] for s in record.selections] == ["step", "step"]
+    runs, message, dropdown = handlers.start_run(tmp_path, [], *{**RUN_FORM, "precision": "auto",
+                                                                 "task": "summarization", "split_tied": True,
+                                                                 "probe": "step", "importance_ema": 0.0}.values())
+    assert runs == [] and "must be off with --probe step" in message and skipped(dropdown)
