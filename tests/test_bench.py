@@ -138,6 +138,21 @@ def test_quality_is_resumable(results, tmp_path):
     assert again["runs"][0]["flops_total"] == first[("full", 0)]["flops_total"]
 
 
+def test_ablation_runs_each_kind_of_change(results):
+    """Issue 18's ablation: the paper's row and one run per kind of option, each doing what its variant says."""
+    from greencore.records import load_run
+
+    out, _ = results
+    data = load(out, "ablation_quick")
+    assert [r["variant"] for r in data["runs"]] == ["paper", "split-tied", "probe-step-10"] and data["complete"]
+    assert all(0 < r["flops_ratio"] < 1.5 and math.isfinite(r["val_loss"]) for r in data["runs"])
+    work = out / "work" / "ablation_quick"
+    split = load_run(work / "split-tied-seed0")
+    assert split.profile().names[0] == "lm_head.weight" and split.config["split_tied"]
+    assert [s["probe"] for s in load_run(work / "probe-step-10-seed0").selections] == ["step"]
+    assert "| paper | 0 |" in (out / "ablation_quick.md").read_text()
+
+
 def test_classification_runs_every_scheme_as_predicted(results):
     out = results[0]
     data = load(out, "classification_quick")
