@@ -43,11 +43,9 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "probe-step-10": ({"interval": 10, "interval_unit": "step", "probe": "step"},
                       "re-select every 10 steps (20 selections), each scored by the gradients of the step it "
                       "precedes (that step's backward reaches every tensor within rho once; no probe passes)"),
-    "step-49": ({"interval": 49, "interval_unit": "step", "probe_batches": 1},
-                "re-select every 49 steps (4 selections) from 1 probe batch each: the same probe cost as the paper's "
-                "2 selections of 2"),
-    "step-49-ema": ({"interval": 49, "interval_unit": "step", "probe_batches": 1, "importance_ema": 0.5},
-                    "step-49, scoring each selection by the moving average (0.5) of the probes' importances"),
+    "probe-step-10-ema": ({"interval": 10, "interval_unit": "step", "probe": "step", "importance_ema": 0.5},
+                          "probe-step-10, scoring each selection by the moving average (0.5) of the steps' scores: "
+                          "a tensor trained for 10 steps keeps part of the score its gradient had"),
 }
 FINAL = ("paper",)  # the rows run with a second seed
 QUICK_VARIANTS = ("paper", "split-tied", "probe-step-10")  # --quick: the machinery of each kind of change
