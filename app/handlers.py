@@ -265,6 +265,7 @@ def start_run(
     split_tied: bool = False,
     probe: str = "batches",
     importance_ema: float | None = 0.0,
+    rho_shift: float | None = 0.0,
 ) -> tuple[list[str], str, Any]:
     """Start a run of `scheme` on `task` in the background; returns the session's runs, a message and the run
     chooser."""
@@ -296,6 +297,7 @@ def start_run(
             split_tied=bool(split_tied),
             probe=probe,
             importance_ema=_number(importance_ema, "importance EMA"),
+            rho_shift=_number(rho_shift, "budget shift") if parameter == "rho" else 0.0,
         )
         handle = background.start(config, Path(runs_dir))
     except Exception as err:

@@ -124,6 +124,8 @@ def build_app(runs_dir: str | Path = Path("runs"), *, explore_defaults: ExploreS
                                      info=_field_help("probe"), elem_id="probe")
                     importance_ema = gr.Number(t.importance_ema, label="importance EMA (0: off)",
                                                info=_field_help("importance_ema"), elem_id="importance-ema")
+                    rho_shift = gr.Number(t.rho_shift, label="budget shift over the run (0: off)",
+                                          info=_field_help("rho_shift"), elem_id="rho-shift")
             train_message = gr.Markdown(elem_id="train-message")
             with gr.Row():
                 run_choice = gr.Dropdown([], label="run", scale=3)
@@ -170,7 +172,7 @@ def build_app(runs_dir: str | Path = Path("runs"), *, explore_defaults: ExploreS
         # Train
         settings = [train_model, train_dataset, scheme, train_rho, k, epochs, max_steps, train_batch, lr, interval,
                     interval_unit, max_train, max_eval, num_beams, eval_rouge, precision, train_task, split_tied, probe,
-                    importance_ema]
+                    importance_ema, rho_shift]
         train_task.change(handlers.task_form, train_task, train_dataset, api_visibility="private")
         start_button.click(partial(handlers.start_run, runs_dir), [runs_state, *settings],
                            [runs_state, train_message, run_choice], api_name="start_run")

@@ -46,6 +46,9 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "probe-step-10-ema": ({"interval": 10, "interval_unit": "step", "probe": "step", "importance_ema": 0.5},
                           "probe-step-10, scoring each selection by the moving average (0.5) of the steps' scores: "
                           "a tensor trained for 10 steps keeps part of the score its gradient had"),
+    "budget-early": ({"rho_shift": 0.2}, "the run's budget spent early: rho 0.6 for epoch 1, 0.4 for epoch 2 (the "
+                                        "same mean; every row's validation loss rises in epoch 2, so its steps "
+                                        "may be worth less)"),
 }
 FINAL = ("paper",)  # the rows run with a second seed
 QUICK_VARIANTS = ("paper", "split-tied", "probe-step-10")  # --quick: the machinery of each kind of change

@@ -439,16 +439,18 @@ def test_the_train_tab_switches_issue_18_options(tmp_path):
     """The accordion's options reach the run's config; an impossible pair is a message, not a run."""
     demo = build_app(tmp_path, explore_defaults=TINY_SPEC, profile_on_load=False)
     shown = {c.elem_id: c.value for c in demo.blocks.values()
-             if getattr(c, "elem_id", None) in ("split-tied", "probe", "importance-ema")}
+             if getattr(c, "elem_id", None) in ("split-tied", "probe", "importance-ema", "rho-shift")}
     default = TrainConfig()
-    assert shown == {"split-tied": default.split_tied, "probe": default.probe, "importance-ema": default.importance_ema}
-    runs, path = start(tmp_path, max_steps=2, interval=1, interval_unit="step", precision="auto",
-                       task="summarization", split_tied=False, probe="step", importance_ema=0.5)
+    assert shown == {"split-tied": default.split_tied, "probe": default.probe, "importance-ema": default.importance_ema,
+                     "rho-shift": default.rho_shift}
+    runs, path = start(tmp_path, rho=0.6, max_steps=2, interval=1, interval_unit="step", precision="auto",
+                       task="summarization", split_tied=False, probe="step", importance_ema=0.5, rho_shift=0.1)
     background.get(path).thread.join(120)
     record = load_run(path)
     assert record.summary["status"] == "finished"
-    assert (record.config["probe"], record.config["importance_ema"]) == ("step", 0.5)
+    assert (record.config["probe"], record.config["importance_ema"], record.config["rho_shift"]) == ("step", 0.5, 0.1)
     assert [s["probe"] for s in record.selections] == ["step", "step"]
+    assert [s["rho"] for s in record.selections] == pytest.approx([0.65, 0.55])  # 0.6 + 0.1 (1 - (a + b) / 2)
     runs, message, dropdown = handlers.start_run(tmp_path, [], *{**RUN_FORM, "precision": "auto",
                                                                  "task": "summarization", "split_tied": True,
                                                                  "probe": "step", "importance_ema": 0.0}.values())

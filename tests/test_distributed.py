@@ -248,8 +248,8 @@ def test_a_classification_run_on_two_ranks_matches_one_process(launched, tmp_pat
 
 
 def test_issue_18_options_keep_the_ranks_identical_and_match_one_process(launched, tmp_path):
-    """probe="step" with importance_ema: the step's gradients DDP averaged score the same selection on every rank as
-    on one process; split_tied: the head's use trains alone on both ranks, identically."""
+    """probe="step" with importance_ema and rho_shift: the step's gradients DDP averaged score the same selection
+    under the same falling budget on every rank as on one process; split_tied: the head's use trains alone on both ranks, identically."""
     from greencore.training import TrainConfig, train
     from greencore.records import load_run
 
@@ -261,6 +261,7 @@ def test_issue_18_options_keep_the_ranks_identical_and_match_one_process(launche
     single = train(TrainConfig(**OPTIONS), tmp_path / "single")
     record = load_run(tmp_path / "single")
     assert [s["mask"] for s in record.selections] == a["options"]["masks"] and len(record.selections) == 3
+    assert [s["rho"] for s in record.selections] == pytest.approx([0.5 + 0.1 * (1 - (2 * a + 1) / 3) for a in range(3)])
     assert a["options"]["losses"] == pytest.approx(_train_losses(tmp_path / "single"), rel=1e-5)
     assert a["options"]["summary"]["val_loss"] == pytest.approx(single["val_loss"], rel=1e-5)
 
@@ -472,9 +473,10 @@ def _classification_run(out: Path) -> dict:
     return _follow(Run(TrainConfig(**CLASSIFY), out / "classify"), {"losses": [], "masks": []})
 
 
-# issue 18's options: scores from the step a selection precedes, averaged over the selections (tiny-llama: no dropout,
+# issue 18's options: scores from the step a selection precedes, averaged over the selections, under a falling budget
+# (tiny-llama: no dropout,
 # so the ranks compute what one process computes); and a tied weight split into its uses (tiny-gpt2 has a tied head)
-OPTIONS = dict(ENGINE, probe="step", importance_ema=0.5, energy=False)
+OPTIONS = dict(ENGINE, probe="step", importance_ema=0.5, rho_shift=0.1, energy=False)
 TIED = dict(ENGINE, model="tiny-gpt2", split_tied=True, metric="magnitude", rho=0.45, scheme="green", energy=False)
 
 

@@ -401,3 +401,38 @@ def test_probe_step_scores_the_step_it_precedes_and_updates_only_the_selection(t
     assert ratio > row["predicted_ratio"] + 0.05
     with pytest.raises(ValueError, match=r"--split-tied True \(split_tied=\) must be off with --probe step"):
         config(split_tied=True, probe="step")
+
+
+def test_rho_shift_spends_the_run_budget_early_and_keeps_its_mean(tmp_path):
+    """Issue 18's budget over the run: with rho_shift the budget falls linearly from rho + shift to rho - shift, each
+    selection gets that line's mean over the steps it trains (computed here by hand), the step-weighted mean is rho,
+    and each interval's measured steps cost what its selection predicts."""
+    rho, shift, total, every = 0.6, 0.2, 6, 2
+    summary = train(config(scheme=f"green:{rho}", rho_shift=shift, interval=every, interval_unit="step", epochs=2,
+                           max_steps=total), tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    starts = [0, 2, 4]
+    assert [s["step"] for s in run.selections] == starts
+    expected = [rho + shift * (1 - (a + a + every) / total) for a in starts]  # the line at each interval's middle
+    assert [s["rho"] for s in run.selections] == pytest.approx(expected)
+    assert expected[0] > rho > expected[-1] and sum(expected) * every / total == pytest.approx(rho)
+    assert summary["rho"] == rho
+    train_rows = [m for m in run.metrics if m["type"] == "train"]
+    flops = [0.0] + [m["flops"] for m in train_rows]
+    full = [0.0] + [m["flops_full"] for m in train_rows]
+    for sel, a in zip(run.selections, starts):
+        assert sel["predicted_ratio"] <= sel["rho"] + 1e-9
+        spent = flops[a + every] - flops[a] - sel["flops_overhead"] - (run.profile().t_fp if a == 0 else 0)
+        assert spent / (full[a + every] - full[a]) == pytest.approx(sel["predicted_ratio"], abs=0.03)
+    assert run.selections[0]["predicted_ratio"] > run.selections[-1]["predicted_ratio"]
+    with pytest.raises(ValueError, match=r"--rho-shift 0.1 \(rho_shift=\) must be 0, or for a scheme that selects"):
+        config(scheme="full", rho_shift=0.1)
+    with pytest.raises(ValueError, match=r"--rho-shift 0.5 \(rho_shift=\) .*rho \+ shift <= 1 \(rho=0.6\)"):
+        config(scheme="green:0.6", rho_shift=0.5)
+    with pytest.raises(ValueError, match=r"--rho-shift 0.6 \(rho_shift=\) .*in \(0, rho\)"):
+        config(scheme="green:0.4", rho_shift=0.6)
+    # one selection per epoch over 2 epochs: the second's budget is the line's mean over the second half, 0.5 - 0.32/2
+    with pytest.raises(ValueError, match=r"--rho-shift 0.32 lowers the last selection's budget to 0.340: rho=0.34 "
+                                         r"trains no tensor"):
+        train(config(scheme="green:0.5", rho_shift=0.32, epochs=2), tmp_path / "low")
+    assert not (tmp_path / "low").exists()

@@ -60,6 +60,10 @@ class TrainConfig:
     importance_ema: float = _setting(0.0, "weight of the earlier selections in the score a re-selection uses: "
                                      "ema x the previous score + (1 - ema) x this probe's, in [0, 1); 0 (the "
                                      "paper's): each selection scores its own probe only")
+    rho_shift: float = _setting(0.0, "green/random: spend the run's budget unevenly: it falls linearly over the run "
+                                "from rho + shift at the first step to rho - shift at the last, so its mean over the "
+                                "run stays rho; each re-selection gets the mean of that line over the steps it trains "
+                                "(0, the paper's: rho for every selection)")
     split_tied: bool = _setting(False, "green/random: a tied weight (input embedding = LM head) becomes one candidate "
                                 "per use, so the head's use can train alone, with the gradient of that use only and "
                                 "without the activation gradient down to the embedding (the paper: one tensor, "
@@ -142,6 +146,9 @@ class TrainConfig:
         ]
         checks.append(("grid_intensity", self.grid_intensity is None
                        or (self.grid_intensity >= 0 and math.isfinite(self.grid_intensity)), "a number >= 0"))
+        checks.append(("rho_shift", self.rho_shift == 0 or (spec.reselects and 0 < self.rho_shift < self.rho
+                                                             and self.rho + self.rho_shift <= 1),
+                       f"0, or for a scheme that selects tensors in (0, rho) with rho + shift <= 1 (rho={self.rho})"))
         checks.append(("split_tied", not self.split_tied or spec.reselects, "off for a scheme that does not select "
                        "tensors (it trains whole tensors)"))
         checks.append(("split_tied", not (self.split_tied and self.probe == "step"), "off with --probe step (one "

@@ -26,7 +26,7 @@ from .precision import Precision
 from . import distributed
 from ..energy import EnergyMeter
 from .accounting import FlopsAccount, cost_key
-from .config import TrainConfig
+from .config import TrainConfig, flag
 
 __all__ = ["PAD_MULTIPLE", "RunData", "RunState", "TrainingError", "load_data", "setup"]
 
@@ -129,6 +129,17 @@ class RunState:
     precision: Precision = field(default_factory=lambda: Precision("fp32", torch.device("cpu")))
     attention: str = "eager"  # the attention kernels the model runs (`models.set_attention`)
 
+    def budget(self, step: int) -> float:
+        """The FLOPs budget of the selection made before `step`: the scheme's rho, or under `rho_shift` the mean,
+        over the steps this selection trains, of a budget falling linearly from rho + shift at step 0 to rho - shift
+        at the run's end. A line's mean over [a, b] is its value at (a + b) / 2, so the selections' budgets weighted
+        by the steps they train average to rho over the run."""
+        c, rho, total = self.config, self.scheme.rho, self.data.total_steps
+        if not c.rho_shift:
+            return rho
+        end = min(total, step + c.interval * (self.data.steps_per_epoch if c.interval_unit == "epoch" else 1))
+        return rho + c.rho_shift * (1 - (step + end) / total)
+
 
 def setup(config: TrainConfig, dist: distributed.DistInfo, writer: RunWriter) -> RunState:
     """Load the model and data, let the scheme wrap the model, profile it, and build the optimizer and schedule."""
@@ -161,6 +172,7 @@ def setup(config: TrainConfig, dist: distributed.DistInfo, writer: RunWriter) ->
     if scheme.reselects:
         account.counters.flops_selection += profile.t_fp  # the profiling forward pass is GreenTrainer's cost
         check_rho(profile, scheme.rho)  # before the importance pass: a budget that trains nothing fails now
+
     trainable = scheme.initial_tensors(profile, head)
     if not trainable:
         raise ValueError(f"{scheme.label} trains no tensor of {config.model}: choose another scheme")
@@ -171,7 +183,7 @@ def setup(config: TrainConfig, dist: distributed.DistInfo, writer: RunWriter) ->
                                                                                total_steps=data.total_steps))
     set_trainable(model, trainable, optimizer, candidates=profile.names)
     distributed.broadcast_module(model, dist)  # every rank starts from rank 0's weights
-    return RunState(config=config, scheme=scheme, dist=dist, device=device, writer=writer, model=model,
+    state = RunState(config=config, scheme=scheme, dist=dist, device=device, writer=writer, model=model,
                     tokenizer=tokenizer, data=data, profile=profile, candidates=candidates, optimizer=optimizer,
                     scheduler=scheduler, trainable=trainable, account=account,
                     replicas=distributed.Replicas(model, profile.names, device, dist, account),
@@ -179,6 +191,15 @@ def setup(config: TrainConfig, dist: distributed.DistInfo, writer: RunWriter) ->
                     energy=EnergyMeter(enabled=config.energy, country=config.country,
                                        grid_intensity=config.grid_intensity,
                                        gpu_ids=[device.index or 0] if device.type == "cuda" else None))
+    if scheme.reselects and config.rho_shift:  # the last selection's budget is the run's lowest
+        every = config.interval * (data.steps_per_epoch if config.interval_unit == "epoch" else 1)
+        lowest = state.budget((data.total_steps - 1) // every * every)
+        try:
+            check_rho(profile, lowest)
+        except ValueError as err:
+            raise ValueError(f"{flag('rho_shift')} {config.rho_shift:g} lowers the last selection's budget to "
+                             f"{lowest:.3f}: {err}; or a smaller shift") from err
+    return state
 
 
 def _predicted_step(profile: TensorProfile, trainable: list[str]) -> float | None:

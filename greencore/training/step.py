@@ -78,7 +78,7 @@ def reselect(s: RunState, epoch: int, step: int) -> SelectionRow:
     with flop_counter() as counter, s.precision.autocast():
         probed = tensor_importance(s.model, [b for b, _ in probes], s.optimizer, metric, profile=s.profile,
                                    seed=c.seed + s.selection_index, weights=[w for _, w in probes],
-                                   reduce=distributed.gradient_reduce(s.dist), rho=s.scheme.rho)
+                                   reduce=distributed.gradient_reduce(s.dist), rho=s.budget(step))
     return _choose(s, probed, metric, epoch, step, started, counter.get_total_flops())
 
 
@@ -90,7 +90,7 @@ def select_in_step(s: RunState, batch: dict, share: float, epoch: int, index: in
     the selection costs is the part of this step's backward beyond what the selection alone would spend: inside the
     step's measured FLOPs, so the run's total is exact and its selection share shows the profiling pass only."""
     metric = s.scheme.importance_metric(s.config.metric)
-    scored = s.profile.within_reach(s.scheme.rho)
+    scored = s.profile.within_reach(s.budget(step))
     names = [n for n, keep in zip(s.profile.names, scored) if keep]
     set_trainable(s.model, names, s.optimizer, candidates=s.profile.names)
     s.trainable = names
@@ -115,14 +115,15 @@ def _choose(s: RunState, probed: np.ndarray, metric: str, epoch: int, step: int,
     """Solve the selection from a probe's scores (averaged with the earlier ones under `importance_ema`), apply it
     and record its row; `flops` is what the probe passes cost (0 when the scores came from a step)."""
     c = s.config
+    rho = s.budget(step)
     importance = probed
     if c.importance_ema and s.importance is not None:  # an importance that survives its own success
         importance = c.importance_ema * np.asarray(s.importance) + (1 - c.importance_ema) * np.asarray(probed)
     selection, importance = distributed.broadcast_object(
-        (select_tensors(s.profile, importance, s.scheme.rho), importance), s.dist)
+        (select_tensors(s.profile, importance, rho), importance), s.dist)
     s.importance = [float(x) for x in importance]
     require_tensors(selection, metric)
-    scored = s.profile.within_reach(s.scheme.rho) if metric in GRADIENT_METRICS else np.ones(len(importance), bool)
+    scored = s.profile.within_reach(rho) if metric in GRADIENT_METRICS else np.ones(len(importance), bool)
     set_trainable(s.model, selection.trainable, s.optimizer, candidates=s.profile.names)
     s.trainable = selection.trainable
     seconds = time.perf_counter() - started
@@ -130,7 +131,7 @@ def _choose(s: RunState, probed: np.ndarray, metric: str, epoch: int, step: int,
     s.account.counters.selection_seconds += seconds
     overhead = distributed.all_gather_object(flops, s.dist)
     row: SelectionRow = {
-        "type": "selection", "index": s.selection_index, "step": step, "epoch": epoch, "rho": s.scheme.rho,
+        "type": "selection", "index": s.selection_index, "step": step, "epoch": epoch, "rho": rho,
         "metric": metric, "probe": c.probe, "profile": "profile.json", "names": s.profile.names,
         "mask": selection.mask.tolist(), "importance": s.importance,
         "probe_importance": [float(x) for x in probed],
