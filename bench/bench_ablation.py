@@ -49,6 +49,10 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "budget-early": ({"rho_shift": 0.2}, "the run's budget spent early: rho 0.6 for epoch 1, 0.4 for epoch 2 (the "
                                         "same mean; every row's validation loss rises in epoch 2, so its steps "
                                         "may be worth less)"),
+    "budget-early-0.25": ({"rho_shift": 0.25}, "budget-early, further: rho 0.625 for epoch 1, 0.375 for epoch 2"),
+    "budget-early-probe-step-10": ({"rho_shift": 0.15, "interval": 10, "interval_unit": "step", "probe": "step"},
+                                   "probe-step-10 under a falling budget, rho 0.64 at the first selection to 0.35 "
+                                   "at the last (the largest shift whose last selection trains a tensor)"),
 }
 FINAL = ("paper",)  # the rows run with a second seed
 QUICK_VARIANTS = ("paper", "split-tied", "probe-step-10")  # --quick: the machinery of each kind of change
