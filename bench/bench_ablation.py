@@ -54,7 +54,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
                                    "probe-step-10 under a falling budget, rho 0.64 at the first selection to 0.35 "
                                    "at the last (the largest shift whose last selection trains a tensor)"),
 }
-FINAL = ("paper", "budget-early-0.25")  # the rows run with a second seed
+FINAL = ("paper", "budget-early-0.25", "budget-early-probe-step-10")  # the rows run with a second seed
 QUICK_VARIANTS = ("paper", "split-tied", "probe-step-10")  # --quick: the machinery of each kind of change
 SEEDS = (0, 1)
 QUALITY_RUNS = RESULTS_DIR / "quality_smollm2"  # where bench_quality's runs (the paper and full rows) live
