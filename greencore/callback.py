@@ -27,6 +27,8 @@ Decisions:
   selection and unfrozen by a later one be all-reduced again. Without it (`ddp_find_unused_parameters=False`,
   activation checkpointing, `ddp_static_graph=True`) the callback refuses to start. The price: DDP searches the
   autograd graph every step and still all-reduces the frozen tensors' (zero) gradient buckets.
+- FSDP (the Trainer's `fsdp`, `accelerate launch` with an FSDP configuration) is refused with the reason: use
+  `greencore train --strategy fsdp` for sharded training.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from typing import Any, Iterator, Mapping
 
 import torch
@@ -102,6 +105,7 @@ class GreenTrainerCallback(TrainerCallback):
             raise ValueError(
                 "GreenTrainerCallback needs the Trainer's model and optimizer; use it with Trainer.train()"
             )
+        _refuse_fsdp(args, model)
         _check_all_trainable(model, optimizer)
         _keep_backward_short(args, model)
         self._dist = distributed.current()
@@ -293,6 +297,20 @@ def _keep_backward_short(args: TrainingArguments, model: torch.nn.Module) -> Non
                          "TrainingArguments(activation_checkpointing_kwargs={'use_reentrant': False})")
     if hasattr(model, "disable_input_require_grads"):
         model.disable_input_require_grads()
+
+
+def _refuse_fsdp(args: TrainingArguments, model: torch.nn.Module) -> None:
+    """The callback does not run under FSDP (the Trainer's `fsdp`, an accelerate FSDP launch, sharded parameters)."""
+    from_env = os.environ.get("ACCELERATE_USE_FSDP", "").strip().lower() in ("1", "true", "yes")
+    sharded = any(hasattr(p, "device_mesh") for p in model.parameters())
+    if getattr(args, "fsdp", None) or from_env or sharded:
+        raise ValueError(
+            "GreenTrainerCallback does not support FSDP: there accelerate shards the model with its own wrapping "
+            "policy before callbacks run, and the callback's profiling and probe passes, which run outside the "
+            "Trainer's step, are not made to run in step on every rank over sharded tensors (nor tested so). For "
+            "sharded GreenTrainer training use `greencore train --strategy fsdp` under torchrun or accelerate "
+            "launch; with the Trainer, use DDP (the callback supports it)"
+        )
 
 
 def _check_ddp_follows_selections(args: TrainingArguments, model: torch.nn.Module) -> None:

@@ -133,14 +133,17 @@ def _scored_width(labels: torch.Tensor) -> int:
 
 
 def _causal_lm_head(model: torch.nn.Module) -> torch.nn.Module | None:
-    """The output head of a causal LM registered with `transformers` (under DDP / peft wrappers), else None."""
+    """The output head of a causal LM registered with `transformers` (under DDP / peft wrappers, or sharded by FSDP2,
+    which makes the model an instance of a subclass of its own), else None."""
     base = getattr(model, "module", model)  # DistributedDataParallel
     peft_config = getattr(base, "active_peft_config", None)
     if peft_config is not None:
         if peft_config.is_prompt_learning:  # virtual tokens change the sequence length
             return None
         base = base.get_base_model()
-    if type(base).__name__ not in _causal_lm_classes() or getattr(base.config, "is_encoder_decoder", False):
+    classes = _causal_lm_classes()
+    if (not any(c.__name__ in classes for c in type(base).__mro__)
+            or getattr(base.config, "is_encoder_decoder", False)):
         return None
     return base.get_output_embeddings()
 

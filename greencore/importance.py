@@ -67,6 +67,12 @@ def tensor_importance(
 
     A split profile's entries for one tied weight (`profile_model(split_tied=True)`) are scored from the gradient of
     their own module's use, with the weight's optimizer state.
+
+    A sharded model (FSDP2: the parameters are DTensors) computes its forward pass on gathered copies, which
+    `torch.autograd.grad` cannot reach: each probe then runs a backward pass, FSDP reduce-scatters the gradients (each
+    process holds its shard of the global batch's gradient, exactly as `reduce` would sum it), every process scores
+    its shards (the metrics are sums over elements) and the scores are summed over the processes. `.grad` is left as
+    it was.
     """
     if metric not in IMPORTANCE_METRICS:
         raise ValueError(f"unknown importance metric {metric!r}; choose one of {', '.join(IMPORTANCE_METRICS)}")
@@ -83,8 +89,9 @@ def tensor_importance(
         return np.ones(len(tensors))
     if metric == "params":
         return np.array([float(t.numel()) for t in tensors])
+    mesh = _mesh(tensors)
     if metric == "magnitude":
-        return np.array([float(t.detach().abs().sum()) for t in tensors])
+        return _summed(np.array([float(_local(t.detach()).abs().sum()) for t in tensors]), mesh)
     if not batches:
         raise ValueError(f"metric {metric!r} needs at least one probe batch")
     weights = [1.0] * len(batches) if weights is None else [float(w) for w in weights]
@@ -97,7 +104,9 @@ def tensor_importance(
     total = np.zeros(len(tensors))
     if not wanted:
         return total
-    saved = {id(t): (t, t.requires_grad) for t in tensors}
+    if mesh is not None and reduce is not None:
+        raise ValueError("a sharded model's gradients are reduced by FSDP: pass no `reduce`")
+    saved = {id(t): (t, t.requires_grad, t.grad) for t in tensors}
     try:
         for t in tensors:
             t.requires_grad_(False)
@@ -108,9 +117,17 @@ def tensor_importance(
             for batch, weight in zip(batches, weights):
                 with torch.random.fork_rng(devices=rng_devices(tensors)):
                     loss = model_loss(model, batch) * weight  # exact for the weight 1 of a single process
-                    grads = list(torch.autograd.grad(loss, inputs, allow_unused=True))
+                    if mesh is None:
+                        grads = list(torch.autograd.grad(loss, inputs, allow_unused=True))
+                    else:  # FSDP averages over the processes: scaled by their number, the sum `reduce` would give
+                        for t in inputs:
+                            t.grad = None
+                        (loss * mesh.size()).backward()
+                        grads = [t.grad for t in inputs]
                 used = [g is not None for g in grads]
-                if reduce is None:
+                if mesh is not None:
+                    value = float(_summed(np.array([loss.item()]), mesh)[0])
+                elif reduce is None:
                     value = loss.item()
                 else:  # every process must send a gradient for every scored tensor, used here or not
                     grads = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads)]
@@ -121,9 +138,10 @@ def tensor_importance(
                     if ok:
                         total[k] += _score(metric, tensors[k], g, update)
     finally:
-        for t, flag in saved.values():
+        for t, flag, grad in saved.values():
             t.requires_grad_(flag)
-    return total / len(batches)
+            t.grad = grad
+    return _summed(total, mesh) / len(batches)
 
 
 def gradient_scores(tensors: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None],
@@ -133,10 +151,35 @@ def gradient_scores(tensors: Sequence[torch.Tensor], grads: Sequence[torch.Tenso
     if metric not in GRADIENT_METRICS:
         raise ValueError(f"{metric!r} is not scored from gradients; choose one of {', '.join(GRADIENT_METRICS)}")
     update = _update_rule(optimizer, list(tensors)) if metric == "taylor" else None
-    return np.array([0.0 if g is None else _score(metric, t, g, update) for t, g in zip(tensors, grads)])
+    scores = np.array([0.0 if g is None else _score(metric, t, g, update) for t, g in zip(tensors, grads)])
+    return _summed(scores, _mesh(tensors))
+
+
+def _mesh(tensors: Sequence[torch.Tensor]) -> Any:
+    """The device mesh of sharded (DTensor) parameters, None for ordinary tensors."""
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return None
+    from torch.distributed.tensor import DTensor
+
+    return next((t.device_mesh for t in tensors if isinstance(t, DTensor)), None)
+
+
+def _local(t: Any) -> Any:
+    """This process's shard of a DTensor (a tensor as it is otherwise)."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _summed(scores: np.ndarray, mesh: Any) -> np.ndarray:
+    """Per-tensor sums over the processes' shards (`scores` as they are without a mesh)."""
+    if mesh is None:
+        return scores
+    t = torch.tensor(scores, dtype=torch.float64, device=mesh.device_type)
+    torch.distributed.all_reduce(t, group=mesh.get_group())
+    return t.cpu().numpy()
 
 
 def _score(metric: str, p: torch.Tensor, g: torch.Tensor, update: Any) -> float:
+    g = _local(g)
     if metric == "grad_l1":
         return float(g.abs().sum())
     if metric == "fisher":
@@ -168,7 +211,8 @@ def _update_rule(optimizer: torch.optim.Optimizer | None, tensors: list[torch.Te
                 f"the optimizer does not hold {missing} of the profiled tensors; create it over all parameters "
                 "(GreenTrainer freezes tensors through requires_grad, not by leaving them out of the optimizer)"
             )
-    return lambda p, g: rule(p.detach().float(), g.float(), group_of[id(p)], state.get(p, {}))
+    return lambda p, g: rule(_local(p.detach()).float(), _local(g).float(), group_of[id(p)],
+                             {k: _local(v) for k, v in state.get(p, {}).items()})
 
 
 def _adam_update(w: torch.Tensor, g: torch.Tensor, group: Mapping, state: Mapping) -> torch.Tensor:

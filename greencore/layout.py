@@ -1,4 +1,5 @@
-"""Where each tensor sits in a transformer, for drawing per-layer heatmaps (display only, never used for costs).
+"""Where each tensor sits in a transformer, for drawing per-layer heatmaps (display only, never used for costs), and
+which modules are its transformer blocks (`transformer_blocks`: the units FSDP shards).
 
 Blocks are found generically (the model's `_no_split_modules` classes inside a ModuleList); the encoder/decoder
 stack comes from `get_encoder()` / `get_decoder()`. Tensor types are canonical names ("q.weight", "mlp_out.bias")
@@ -13,7 +14,7 @@ from typing import Sequence
 
 from torch import nn
 
-__all__ = ["TensorLayout", "tensor_layout"]
+__all__ = ["TensorLayout", "tensor_layout", "transformer_blocks"]
 
 
 @dataclass
@@ -106,6 +107,12 @@ def _resolve(model: nn.Module, modules: dict[str, nn.Module], name: str) -> list
     return name.split(".")
 
 
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's transformer blocks, in module order (encoder's before decoder's); empty when none is found."""
+    found = _block_indices(model)
+    return [m for m in model.modules() if id(m) in found]
+
+
 def _block_indices(model: nn.Module) -> dict[int, int]:
     """id(block module) -> its index in the parent ModuleList, for every transformer block of the model."""
     block_classes: set[str] = set()
@@ -116,7 +123,7 @@ def _block_indices(model: nn.Module) -> dict[int, int]:
         id(child): index
         for lst in lists
         for index, child in enumerate(lst)
-        if type(child).__name__ in block_classes
+        if any(c.__name__ in block_classes for c in type(child).__mro__)  # FSDP2 subclasses a block it shards
     }
     if found:
         return found

@@ -23,7 +23,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from .data import IGNORE_INDEX
 
-__all__ = ["ARCHITECTURES", "Architecture", "load_config", "meta_batch", "meta_model"]
+__all__ = ["ARCHITECTURES", "Architecture", "load_config", "meta_batch", "meta_model", "meta_twin"]
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,15 @@ def meta_model(config: PretrainedConfig, *, trust_remote_code: bool = False) -> 
             raise ValueError(f"transformers cannot build a {auto.__name__[12:]} from this {config.model_type} config "
                              f"({err})") from None
     return model.train()
+
+
+def meta_twin(model: PreTrainedModel) -> PreTrainedModel:
+    """A weightless copy of a loaded model on the meta device: the same class, config and attention kernels, in
+    training mode. It runs what the model runs, so FlopCounterMode counts the same FLOPs on it (tested), with no
+    memory and no collective: the sharded engine measures full fine-tuning's cost on it."""
+    with torch.device("meta"):
+        twin = type(model)._from_config(model.config, attn_implementation=model.config._attn_implementation)
+    return twin.train()
 
 
 def meta_batch(model: PreTrainedModel, batch_size: int, seq_len: int, *, scored: int | None = None,

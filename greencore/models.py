@@ -139,7 +139,7 @@ def is_sequence_classifier(model: torch.nn.Module) -> bool:
 
     names = {n for v in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values()
              for n in ((v,) if isinstance(v, str) else v)}
-    return type(model).__name__ in names
+    return any(c.__name__ in names for c in type(model).__mro__)  # FSDP2 makes a sharded model a subclass
 
 
 def classifier_head(model: torch.nn.Module) -> list[str]:

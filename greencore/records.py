@@ -7,7 +7,8 @@
       metrics.jsonl      one `TrainRow` per step and one `EvalRow` per evaluation, appended and flushed as they happen
       selections.jsonl   one `SelectionRow` per (re-)selection of trainable tensors
       summary.json       the run's `Summary` (rewritten at the end, or when it is interrupted or fails)
-      checkpoints/epoch-N/  model.safetensors, optimizer.safetensors, state.json
+      checkpoints/epoch-N/  model.safetensors, optimizer.safetensors (FSDP2 runs: sharded/, every rank's shards of
+                            the weights and optimizer state, by torch.distributed.checkpoint), state.json
 
 The row types below are the schema of these files, written by the training loop and read by the CLI, the app and
 the notebooks; they are also the events `Run.events()` yields. JSON files and checkpoints are written to a temporary
@@ -24,7 +25,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, Mapping, TypedDict
 
 import torch
 from safetensors import safe_open
@@ -33,12 +34,13 @@ from safetensors.torch import load_file, save_file
 if TYPE_CHECKING:
     from .profile import TensorProfile
 
-__all__ = ["DoneEvent", "EnergyReport", "EvalRow", "PROFILE_FILE", "PhaseEnergy", "RUN_MARKER", "RunRecord", "RunWriter", "SelectionRow", "Summary",
+__all__ = ["DoneEvent", "EnergyReport", "EvalRow", "PROFILE_FILE", "PhaseEnergy", "RUN_MARKER", "SHARDS", "RunRecord", "RunWriter", "SelectionRow", "Summary",
            "ResumeEvent", "TrainRow", "check_run_directory", "checkpoint_problem", "checkpoints", "is_run_directory",
            "latest_checkpoint", "list_runs", "load_run", "read_json", "remove_run", "write_json_atomic"]
 
 PROFILE_FILE = "profile.json"
 RUN_MARKER = ".greencore-run"
+SHARDS = "sharded"  # in a checkpoint of a sharded (FSDP2) run: the ranks' torch.distributed.checkpoint folder
 
 
 def is_run_directory(path: str | os.PathLike) -> bool:
@@ -315,17 +317,28 @@ class RunWriter:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
             os.replace(tmp, path)
 
-    def save_checkpoint(self, name: str, model: torch.nn.Module, optimizer_state: dict[str, torch.Tensor],
-                        state: dict, keep: int) -> Path:
-        """Write checkpoints/<name> atomically, then keep only the newest `keep` checkpoints."""
+    def stage_checkpoint(self, name: str) -> Path:
+        """A new hidden folder beside the checkpoints, for the shards the ranks of a sharded run write into before
+        `save_checkpoint(..., staged=folder)` completes it (on a file system every rank sees)."""
+        folder = self.root / "checkpoints"
+        folder.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=folder, prefix=f".{name}."))
+
+    def save_checkpoint(self, name: str, weights: Mapping[str, torch.Tensor],
+                        optimizer_state: dict[str, torch.Tensor] | None, state: dict, keep: int,
+                        staged: Path | None = None) -> Path:
+        """Write checkpoints/<name> atomically (in a hidden folder, renamed when complete), then keep only the newest
+        `keep` checkpoints. `weights`: the full model's state dict. A sharded run's optimizer state is not passed:
+        it is in the `SHARDS` folder the ranks wrote into `staged`."""
         folder = self.root / "checkpoints"
         if not self.enabled:
             return folder / name
         folder.mkdir(exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".{name}."))
+        tmp = staged or Path(tempfile.mkdtemp(dir=folder, prefix=f".{name}."))
         try:
-            save_file(_unshared(model.state_dict()), str(tmp / "model.safetensors"))
-            save_file({k: v.contiguous() for k, v in optimizer_state.items()}, str(tmp / "optimizer.safetensors"))
+            save_file(_unshared(dict(weights)), str(tmp / "model.safetensors"))
+            if optimizer_state is not None:
+                save_file({k: v.contiguous() for k, v in optimizer_state.items()}, str(tmp / "optimizer.safetensors"))
             write_json_atomic(tmp / "state.json", state)
             final = folder / name
             if final.exists():
@@ -374,7 +387,10 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
     path = Path(path)
     if _checkpoint_step(path) is None:
         return "state.json is damaged (not readable JSON with a global_step)"
-    for name in ("model.safetensors", "optimizer.safetensors"):
+    sharded = (path / SHARDS).is_dir()
+    if sharded and not (path / SHARDS / ".metadata").is_file():
+        return f"{SHARDS}/.metadata is missing (the ranks' shards are incomplete)"
+    for name in ("model.safetensors",) if sharded else ("model.safetensors", "optimizer.safetensors"):
         try:
             with safe_open(str(path / name), framework="pt"):
                 pass

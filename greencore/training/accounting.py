@@ -62,6 +62,7 @@ class FlopsAccount:
     With `predict` set (the profile's step FLOPs for a trainable set) and `profile_key` (the cost key of the batch the
     profile traced), every measured step of that key is also compared with its prediction: `prediction_miss` says
     by how much the cost model missed what ran (0 when exact; activation checkpointing's recomputation shows here).
+    A full fine-tuning step is measured on the model itself, or on `twin` when the model is sharded.
     """
 
     counters: Counters = field(default_factory=Counters)
@@ -70,6 +71,7 @@ class FlopsAccount:
     predicted: dict[tuple, float] = field(default_factory=dict)  # (trainable, profile_key) -> predicted step FLOPs
     profile_key: tuple | None = None
     predict: Callable[[list[str]], float | None] | None = None
+    twin: torch.nn.Module | None = None  # under FSDP2: the model's `meta.meta_twin`, where full steps are measured
 
     @property
     def prediction_miss(self) -> float | None:
@@ -108,8 +110,12 @@ class FlopsAccount:
                             candidates: list[str]) -> None:
         """Add what a full fine-tuning step on `batch` costs, measured once per cost key."""
         if key not in self.full:
-            with _adapters_disabled(model):
-                self.full[key] = measure_training_flops(model, batch, candidates)["total"]
+            if self.twin is not None:  # a sharded model's passes are collectives: measure on its weightless twin
+                self.full[key] = measure_training_flops(self.twin, {k: v.cpu() for k, v in batch.items()},
+                                                        candidates)["total"]
+            else:
+                with _adapters_disabled(model):
+                    self.full[key] = measure_training_flops(model, batch, candidates)["total"]
         self.counters.flops_full += self.full[key]
 
     def state_dict(self) -> dict[str, Any]:

@@ -2,12 +2,16 @@
 
 A checkpoint (`records.RunWriter.save_checkpoint`, written atomically) holds the weights, the optimizer moments of
 the tensors that have them, and `state.json`: where the loop stood, the trainable set, the schedule, the FLOPs
-account, the fp16 loss scale and every RNG. Under DDP rank 0 writes one checkpoint holding every rank's counters and RNG, after checking
-that the ranks' weights are bit-identical; resuming needs the same number of processes.
+account, the fp16 loss scale and every RNG. Under DDP rank 0 writes one checkpoint holding every rank's counters and
+RNG, after checking that the ranks' weights are bit-identical. Under FSDP2 every rank writes its shards of the
+weights and optimizer moments with `torch.distributed.checkpoint` (`records.SHARDS`, resumed from), and rank 0 adds
+the full model gathered to its CPU as `model.safetensors` (the export every reader of a run uses), so the folder
+needs a file system all ranks see. Resuming needs the same number of processes.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..records import latest_checkpoint, load_checkpoint
-from ..trainable import set_trainable
+from ..records import SHARDS, latest_checkpoint, load_checkpoint
+from ..trainable import set_trainable, tied_aliases
 from . import distributed
 
 from .setup import TrainingError
@@ -39,24 +43,51 @@ class Position:
 
 def save(s: "RunState", name: str, at: Position) -> dict:
     """Write checkpoint `name` of the run at `at` (a collective under DDP) and return its event."""
-    tensors = {f"{pname}::{field}": torch.as_tensor(value).detach().cpu()
-               for pname, p in s.model.named_parameters() for field, value in s.optimizer.state.get(p, {}).items()}
+    tensors = {} if s.sharded else {key: value.detach().cpu() for key, value in _moments(s).items()}
     state = {"global_step": at.step, "epoch": at.epoch, "index": at.index, "trainable": s.trainable,
              "selection_index": s.selection_index, "importance": s.importance, "trainable_params": s.trainable_params,
              "scheduler": s.scheduler.state_dict(), "rng": _rng_state(), "energy": s.energy.state_dict(),
              "precision": s.precision.state_dict(), **s.account.state_dict()}
-    if s.dist.enabled:  # every rank's counters and RNG go into rank 0's checkpoint; the weights must be identical
+    if s.dist.enabled:  # every rank's counters and RNG go into rank 0's checkpoint
+        own = {"counters": state["counters"], "rng": state["rng"], "measured": state["measured"],
+               "energy": state["energy"]}
+        state.update(world_size=s.dist.world_size, ranks=distributed.all_gather_object(own, s.dist))
+    if s.sharded:
+        return _save_sharded(s, name, at, state)
+    if s.dist.enabled:  # replicas: the weights must be identical
         fingerprints = distributed.all_gather_object(distributed.weights_fingerprint(s.model), s.dist)
         if len(set(fingerprints)) > 1:
             raise TrainingError(f"the ranks' weights diverged by step {at.step} (fingerprints {fingerprints}); this "
                                 "is a bug: report it with the command line")
-        own = {"counters": state["counters"], "rng": state["rng"], "measured": state["measured"],
-               "energy": state["energy"]}
-        state.update(world_size=s.dist.world_size, weights_fingerprint=fingerprints[0],
-                     ranks=distributed.all_gather_object(own, s.dist))
+        state["weights_fingerprint"] = fingerprints[0]
     path = distributed.on_main(
-        lambda: s.writer.save_checkpoint(name, s.model, tensors, state, s.config.keep_checkpoints), s.dist)
+        lambda: s.writer.save_checkpoint(name, s.model.state_dict(), tensors, state, s.config.keep_checkpoints),
+        s.dist)
     return {"type": "checkpoint", "step": at.step, "path": str(path)}
+
+
+def _save_sharded(s: "RunState", name: str, at: Position, state: dict) -> dict:
+    """A sharded run's checkpoint: every rank's shards into a staged folder, then rank 0's full export and state."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(s.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    for alias in tied_aliases(s.model):  # gathered copies no longer share memory: a tied weight is stored once
+        full.pop(alias, None)
+    moments = _moments(s)
+    state["sharded"] = True
+    state["optimizer_fields"] = {key: list(value.shape) for key, value in moments.items()}
+    staged = distributed.on_main(lambda: s.writer.stage_checkpoint(name) if s.writer.enabled else None, s.dist)
+    dcp.save({"model": get_model_state_dict(s.model), "optimizer": moments}, checkpoint_id=str(staged / SHARDS))
+    path = distributed.on_main(
+        lambda: s.writer.save_checkpoint(name, full, None, state, s.config.keep_checkpoints, staged=staged), s.dist)
+    return {"type": "checkpoint", "step": at.step, "path": str(path)}
+
+
+def _moments(s: "RunState") -> dict[str, torch.Tensor]:
+    """The optimizer's state, `{parameter}::{field}` -> tensor (a sharded parameter's moments are DTensors)."""
+    return {f"{pname}::{field}": torch.as_tensor(value) for pname, p in s.model.named_parameters()
+            for field, value in s.optimizer.state.get(p, {}).items()}
 
 
 def restore(s: "RunState", out: Path) -> tuple[Path, Position]:
@@ -66,21 +97,29 @@ def restore(s: "RunState", out: Path) -> tuple[Path, Position]:
     latest = distributed.broadcast_object(latest_checkpoint(out) if s.dist.is_main else None, s.dist)
 
     def load() -> dict:
-        loaded["tensors"], state = load_checkpoint(latest, s.model)
+        state = json.loads((latest / "state.json").read_text())
         trained_on = state.get("world_size", 1)
         if trained_on != s.dist.world_size:
             raise ValueError(f"{latest} was written by a run on {trained_on} process(es); resume it on "
                              f"{trained_on} (now {s.dist.world_size}): exact resume needs every rank's state")
+        if bool(state.get("sharded")) != s.sharded:
+            raise ValueError(f"{latest} was written by a run with --strategy {'fsdp' if state.get('sharded') else 'ddp'}"
+                             f"; resume it with that strategy (now {s.strategy})")
+        if not s.sharded:
+            loaded["tensors"], state = load_checkpoint(latest, s.model)
         return state
 
     state = distributed.on_main(load, s.dist)
-    tensors = distributed.broadcast_tensors(loaded.get("tensors"), s.dist)
-    distributed.broadcast_module(s.model, s.dist)  # rank 0 read the weights
     if s.dist.enabled:
         state = {**state, **state["ranks"][s.dist.rank]}
     params = dict(s.model.named_parameters())
     s.trainable = state["trainable"]
     set_trainable(s.model, s.trainable, s.optimizer, candidates=s.profile.names)
+    if s.sharded:
+        tensors = _load_sharded(s, latest / SHARDS, state["optimizer_fields"])
+    else:
+        tensors = distributed.broadcast_tensors(loaded.get("tensors"), s.dist)
+        distributed.broadcast_module(s.model, s.dist)  # rank 0 read the weights
     for key, value in tensors.items():
         pname, field = key.split("::")
         s.optimizer.state[params[pname]][field] = value.to(params[pname].device)
@@ -96,6 +135,20 @@ def restore(s: "RunState", out: Path) -> tuple[Path, Position]:
     _set_rng_state(state["rng"])
     s.writer.truncate_after(state["global_step"])
     return latest, Position(state["epoch"], state["index"], state["global_step"])
+
+
+def _load_sharded(s: "RunState", folder: Path, fields: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+    """Every rank reads its shards of the weights (into the model) and of the optimizer moments (returned)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+    params = dict(s.model.named_parameters())
+    moments = {key: torch.zeros_like(params[key.split("::")[0]]) if shape else torch.zeros(())
+               for key, shape in fields.items()}
+    weights = get_model_state_dict(s.model)
+    dcp.load({"model": weights, "optimizer": moments}, checkpoint_id=str(folder))
+    set_model_state_dict(s.model, weights)
+    return moments
 
 
 def seed_everything(seed: int) -> None:

@@ -20,6 +20,7 @@ from ..tasks import TASKS, Task, get_task
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # here, not in .precision: the CLI's --help needs no torch
 ATTENTIONS = ("auto", "eager", "sdpa")  # greencore.models.set_attention says what each runs
+STRATEGIES = ("auto", "ddp", "fsdp")  # greencore.training.distributed.resolve_strategy says when each applies
 
 __all__ = ["DEMO", "TrainConfig", "flag"]
 
@@ -96,6 +97,10 @@ class TrainConfig:
                               "auto: bf16 on a CUDA device that supports it, else fp32", choices=PRECISIONS)
     attention: str = _setting("auto", "attention kernels: eager, or sdpa (fused; its backward recomputes the scores, "
                               "counted); auto: sdpa on CUDA, eager on a CPU", choices=ATTENTIONS)
+    strategy: str = _setting("auto", "how the ranks of a distributed launch hold the model: ddp (every rank a whole "
+                             "copy), fsdp (FSDP2: each transformer block's tensors, gradients and optimizer state "
+                             "sharded over the ranks); auto: fsdp under an accelerate launch configured for FSDP, "
+                             "else ddp. One process ignores ddp and auto", choices=STRATEGIES)
     gradient_checkpointing: bool = _setting(False, "recompute each block's activations in the backward pass "
                                             "(non-reentrant) to save memory; the FLOPs measured include the "
                                             "recomputation, the predicted ones do not (the summary says by how much "
@@ -135,6 +140,7 @@ class TrainConfig:
             ("prompt", self.prompt in PROMPTS, f"one of {', '.join(PROMPTS)}"),
             ("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
             ("attention", self.attention in ATTENTIONS, f"one of {', '.join(ATTENTIONS)}"),
+            ("strategy", self.strategy in STRATEGIES, f"one of {', '.join(STRATEGIES)}"),
             ("epochs", self.epochs >= 1, ">= 1"),
             ("max_steps", self.max_steps is None or self.max_steps >= 1, ">= 1"),
             ("batch_size", self.batch_size >= 1, ">= 1"),
@@ -153,6 +159,15 @@ class TrainConfig:
                        "tensors (it trains whole tensors)"))
         checks.append(("split_tied", not (self.split_tied and self.probe == "step"), "off with --probe step (one "
                        "step's gradient of a tied weight cannot be told apart by use): use --probe batches"))
+        if self.strategy == "fsdp":  # what the sharded path does not run (yet): refused, never run unchecked
+            checks += [("split_tied", not self.split_tied, "off with --strategy fsdp (a use of a sharded tied weight "
+                        "cannot be made a leaf of its own)"),
+                       ("precision", self.precision != "fp16", "fp32, bf16 or auto with --strategy fsdp (fp16's loss "
+                        "scaling is not sharded)"),
+                       ("gradient_checkpointing", not self.gradient_checkpointing, "off with --strategy fsdp (not "
+                        "supported there yet)"),
+                       ("scheme", not spec.uses_peft, "a scheme that trains the model's own tensors with --strategy "
+                        "fsdp (full, green, random, bitfit, layernorm, top-k; adapters are not sharded yet)")]
         for name, ok, expected in checks:
             if not ok:
                 raise ValueError(f"{flag(name)} {getattr(self, name)!r} ({name}=) must be {expected}")

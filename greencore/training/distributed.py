@@ -1,5 +1,5 @@
-"""Distributed data-parallel (DDP) fine-tuning: launcher detection, the process group, data sharding, and the few
-collectives GreenTrainer needs so that every rank trains exactly the same tensors.
+"""Distributed fine-tuning, data-parallel (DDP) or sharded (FSDP2): launcher detection, the process group, data
+sharding, and the few collectives GreenTrainer needs so that every rank trains exactly the same tensors.
 
 A run is distributed when a launcher (`torchrun`, `python -m torch.distributed.run`, `accelerate launch --multi_gpu`)
 starts it with `WORLD_SIZE > 1`; `GREENCORE_DISTRIBUTED=0` turns the detection off (every process then trains on its
@@ -25,6 +25,14 @@ Decisions (the training loop and the Trainer callback build on them):
   step communicates only the trainable tensors' gradients and pays no per-step graph search. The Trainer callback
   cannot re-wrap the Trainer's DDP; there the Trainer must use `ddp_find_unused_parameters=True` (its default for
   transformers models without activation checkpointing), whose reducer holds every parameter from the start.
+- FSDP2 (`strategy="fsdp"`, `shard_model`): each transformer block (`layout.transformer_blocks`) and then the root
+  module are `fully_shard`-ed, so every rank holds 1/W of each tensor, of its gradient and of its optimizer state.
+  FSDP2 shards per parameter (DTensor), so frozen and trainable tensors share a block and a re-selection only
+  changes `requires_grad`: no re-wrapping. A frozen tensor gets no gradient and no optimizer state on any rank.
+  The data, the loss weighting and the selection are DDP's; importance reads the sharded gradients of a backward
+  pass and sums each tensor's score over the ranks' shards (`importance.tensor_importance`). Every forward pass
+  is a collective (the blocks' weights are all-gathered), so evaluation runs the same inputs on every rank instead
+  of splitting them, and the full fine-tuning FLOPs each step is compared with are measured on a meta-device twin.
 - Records: rank 0 alone writes (config, metrics, selections, summary, checkpoints) and reads the run directory; the
   other ranks never touch it, so it needs no shared file system except for `--resume` on rank 0's machine.
 """
@@ -65,8 +73,10 @@ __all__ = [
     "gradient_reduce",
     "on_main",
     "resolve_device",
+    "resolve_strategy",
     "setup",
     "shard",
+    "shard_model",
     "weights_fingerprint",
 ]
 
@@ -195,6 +205,51 @@ def resolve_device(device: str | torch.device | None, info: DistInfo) -> torch.d
         raise ValueError(f"device {device!r} names one GPU for every rank; under a distributed launch each rank uses "
                          f"cuda:LOCAL_RANK (here cuda:{index}): pass --device cuda or auto")
     return torch.device("cuda", index)
+
+
+def resolve_strategy(strategy: str, info: DistInfo) -> str:
+    """What runs: "single" (one process), "ddp" or "fsdp", from `TrainConfig.strategy` and the launch.
+
+    `auto` is fsdp under `accelerate launch` with an FSDP configuration (it sets `ACCELERATE_USE_FSDP`), else ddp.
+    A strategy that contradicts the launch is refused: fsdp in a lone process, ddp under an accelerate FSDP
+    configuration, and FSDP version 1 (greencore shards with FSDP2, whose per-parameter sharding lets frozen and
+    trainable tensors share a block).
+    """
+    accelerate_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").strip().lower() in ("1", "true", "yes")
+    if accelerate_fsdp:
+        version = os.environ.get("FSDP_VERSION", "1").strip()
+        if version != "2":
+            raise ValueError(f"accelerate launch is configured for FSDP version {version}; greencore shards with "
+                             "FSDP2: set fsdp_version: 2 in the accelerate config (or --fsdp_version 2)")
+        if strategy == "ddp":
+            raise ValueError("--strategy ddp, but accelerate launch is configured for FSDP: use --strategy fsdp "
+                             "(or auto), or launch without the FSDP configuration")
+    if strategy == "fsdp" and not info.enabled:
+        raise ValueError("--strategy fsdp shards the model over the ranks of a distributed launch, but this process "
+                         "runs alone (WORLD_SIZE is 1 or unset): start it with torchrun --nproc_per_node N (or "
+                         "accelerate launch with an FSDP2 configuration), or use --strategy auto")
+    if not info.enabled:
+        return "single"
+    return "fsdp" if strategy == "fsdp" or (strategy == "auto" and accelerate_fsdp) else "ddp"
+
+
+def shard_model(model: torch.nn.Module) -> None:
+    """FSDP2 over `model`, in place: each transformer block sharded, then the root (what is left: embeddings, final
+    norm, head), and `generate` made a sharded forward method. The parameters become DTensors: build the optimizer
+    after this call."""
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    from ..layout import transformer_blocks
+
+    blocks = transformer_blocks(model)
+    if not blocks:
+        raise ValueError(f"--strategy fsdp shards each transformer block, but none was found in "
+                         f"{type(model).__name__} (no _no_split_modules class inside a ModuleList): use --strategy ddp")
+    for block in blocks:
+        fully_shard(block)
+    fully_shard(model)
+    if hasattr(model, "generate"):
+        register_fsdp_forward_method(model, "generate")
 
 
 # --------------------------------------------------------------------------------------------------- collectives
@@ -377,8 +432,8 @@ def data_parallel(model: torch.nn.Module, *, candidates: Iterable[str], device: 
 
 
 class Replicas:
-    """The module a training step runs: the model itself in one process; under DDP a wrapper whose reducer covers
-    exactly the tensors trained now.
+    """The module a training step runs: the model itself in one process and under FSDP2 (sharded in place); under
+    DDP a wrapper whose reducer covers exactly the tensors trained now.
 
     DDP all-reduces only the parameters that required grad when it was built, so a tensor unfrozen by a re-selection
     would silently stay unsynchronised under the old wrapper: the model is re-wrapped whenever the trainable set
@@ -388,14 +443,14 @@ class Replicas:
     """
 
     def __init__(self, model: torch.nn.Module, candidates: Iterable[str], device: torch.device, info: DistInfo,
-                 account: Any) -> None:
+                 account: Any, sharded: bool = False) -> None:
         self.model, self.candidates, self.device, self.info = model, list(candidates), device, info
-        self.account = account
+        self.account, self.sharded = account, sharded
         self._ddp: torch.nn.Module | None = None
         self._key: frozenset[str] | None = None
 
     def __call__(self) -> torch.nn.Module:
-        if not self.info.enabled:
+        if not self.info.enabled or self.sharded:
             return self.model
         key = frozenset(n for n, p in self.model.named_parameters() if p.requires_grad)
         if self._ddp is None or key != self._key:

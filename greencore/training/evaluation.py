@@ -1,7 +1,9 @@
 """Evaluation during a run: validation loss after each epoch, the task's final evaluation at the end.
 
 Under DDP each rank scores (or generates for) a contiguous part of the split and the parts are combined, so the
-numbers are those of one process. Energy is cut around each evaluation: what ran before it was training.
+numbers are those of one process. Under FSDP2 every forward pass is a collective that all ranks must enter with the
+same count, so every rank evaluates the whole split in step (the same inputs, the same passes) and keeps its own
+result. Energy is cut around each evaluation: what ran before it was training.
 """
 
 from __future__ import annotations
@@ -27,17 +29,29 @@ def validate(s: RunState, epoch: int, step: int) -> EvalRow:
     started = time.perf_counter()
     s.energy.cut("training")
     with torch.random.fork_rng(devices=rng_devices(s.model.parameters())), s.precision.autocast():
-        part = distributed.chunk(s.data.val_rows, s.dist)
+        part = _part(s, s.data.val_rows)
         local = validation_loss(s.model, s.tokenizer, part, batch_size=s.config.batch_size) if part else 0.0
         tokens = sum(scored_targets(r, s.data.is_encoder_decoder) for r in part)
         energy = s.energy.cut("evaluation")
         total, count, kwh, co2 = distributed.all_reduce_sum([local * tokens, tokens, energy["kwh"], energy["co2_kg"]],
                                                             s.dist)
+    _reshard(s)
     s.account.counters.eval_seconds += time.perf_counter() - started
     row: EvalRow = {"type": "eval", "split": "validation", "step": step, "epoch": epoch,
                     "loss": total / max(count, 1), **_energy(s, kwh, co2)}
     s.writer.append("metrics", row)
     return row
+
+
+def _part(s: RunState, items: list) -> list:
+    """What this rank evaluates: its contiguous part, or everything when the model is sharded (see above)."""
+    return list(items) if s.sharded else distributed.chunk(items, s.dist)
+
+
+def _reshard(s: RunState) -> None:
+    """Free the gathered weights FSDP2 keeps after forward passes without a backward (the root's, by default)."""
+    if s.sharded:
+        s.model.reshard()
 
 
 def _energy(s: RunState, kwh: float, co2: float) -> dict:
@@ -58,10 +72,11 @@ def final_evaluation(s: RunState, step: int) -> Iterator[EvalRow]:
     for split, data in s.data.eval_data.items():
         if len(data) == 0:
             continue
-        inputs = distributed.chunk(task.inputs(data), s.dist)
+        inputs = _part(s, task.inputs(data))
         with s.precision.autocast():
             predictions = task.predict(s.model, s.tokenizer, inputs, c, s.data.prompt) if inputs else []
-        predictions = [p for part in distributed.all_gather_object(predictions, s.dist) for p in part]
+        if not s.sharded:
+            predictions = [p for part in distributed.all_gather_object(predictions, s.dist) for p in part]
         result = task.score(predictions, data, s.data.train_split)
         scores.update({f"{split}_{k}": v for k, v in result.items()})
         if split == "test":
@@ -72,5 +87,6 @@ def final_evaluation(s: RunState, step: int) -> Iterator[EvalRow]:
                         "examples": task.examples(predictions, data)}
         s.writer.append("metrics", row)
         yield row
+    _reshard(s)
     s.account.counters.eval_seconds += time.perf_counter() - started
     return scores

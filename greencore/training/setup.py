@@ -2,7 +2,8 @@
 
 `setup(config, dist, writer)` returns a `RunState`, everything the loop works on. Every scheme gets the same data,
 optimizer (AdamW over all candidate tensors; frozen ones simply get no gradient), linear schedule and evaluation.
-Under DDP every rank builds the same global batches and trains on its shard of each (`RunData.epoch`). The task
+Under DDP and FSDP2 every rank builds the same global batches and trains on its shard of each (`RunData.epoch`); under
+FSDP2 the model is sharded (`distributed.shard_model`) before the optimizer is built over its sharded tensors. The task
 (`config.task_spec`) says what the data is, how it becomes rows and whether the model gets a classification head.
 """
 
@@ -16,6 +17,7 @@ from typing import Any, Iterator
 import torch
 
 from ..data import collate, pad_batch, scored_targets
+from ..meta import meta_twin
 from ..models import check_batch_shape, classifier_head, load_model, set_attention
 from ..profile import TensorProfile, profile_model
 from ..records import RunWriter
@@ -128,6 +130,12 @@ class RunState:
     memory: Any = None  # the `summary.PeakMemory` of the training loop, once it runs
     precision: Precision = field(default_factory=lambda: Precision("fp32", torch.device("cpu")))
     attention: str = "eager"  # the attention kernels the model runs (`models.set_attention`)
+    strategy: str = "single"  # "single", "ddp" or "fsdp" (`distributed.resolve_strategy`)
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the model is sharded over the ranks (FSDP2): every forward pass is then a collective."""
+        return self.strategy == "fsdp"
 
     def budget(self, step: int) -> float:
         """The FLOPs budget of the selection made before `step`: the scheme's rho, or under `rho_shift` the mean,
@@ -144,6 +152,7 @@ class RunState:
 def setup(config: TrainConfig, dist: distributed.DistInfo, writer: RunWriter) -> RunState:
     """Load the model and data, let the scheme wrap the model, profile it, and build the optimizer and schedule."""
     scheme, task = config.spec, config.task_spec
+    strategy = distributed.resolve_strategy(config.strategy, dist)
     device = distributed.resolve_device(config.device, dist)
     splits = task.load_splits(config)
     model, tokenizer = load_model(config.model, seed=config.seed, device=device, num_labels=task.num_labels(splits))
@@ -176,18 +185,26 @@ def setup(config: TrainConfig, dist: distributed.DistInfo, writer: RunWriter) ->
     trainable = scheme.initial_tensors(profile, head)
     if not trainable:
         raise ValueError(f"{scheme.label} trains no tensor of {config.model}: choose another scheme")
+    distributed.broadcast_module(model, dist)  # every rank starts from rank 0's weights
+    if strategy == "fsdp":
+        if model.config.is_encoder_decoder:
+            raise ValueError(f"--strategy fsdp: {config.model} is an encoder-decoder model, which the sharded engine "
+                             "does not run yet (its full fine-tuning FLOPs cannot be measured on a weightless "
+                             "twin); use --strategy ddp")
+        account.twin = meta_twin(model)
+        distributed.shard_model(model)
     params = parameters_by_name(model)  # a split profile names a tied weight twice: the optimizer holds it once
     optimizer = torch.optim.AdamW(list({id(params[n]): params[n] for n in profile.names}.values()), lr=config.lr,
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(_linear_decay,
                                                                                total_steps=data.total_steps))
     set_trainable(model, trainable, optimizer, candidates=profile.names)
-    distributed.broadcast_module(model, dist)  # every rank starts from rank 0's weights
     state = RunState(config=config, scheme=scheme, dist=dist, device=device, writer=writer, model=model,
                     tokenizer=tokenizer, data=data, profile=profile, candidates=candidates, optimizer=optimizer,
                     scheduler=scheduler, trainable=trainable, account=account,
-                    replicas=distributed.Replicas(model, profile.names, device, dist, account),
-                    precision=precision, attention=attention,
+                    replicas=distributed.Replicas(model, profile.names, device, dist, account,
+                                                  sharded=strategy == "fsdp"),
+                    precision=precision, attention=attention, strategy=strategy,
                     energy=EnergyMeter(enabled=config.energy, country=config.country,
                                        grid_intensity=config.grid_intensity,
                                        gpu_ids=[device.index or 0] if device.type == "cuda" else None))

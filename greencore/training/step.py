@@ -67,7 +67,8 @@ def reselect(s: RunState, epoch: int, step: int) -> SelectionRow:
     """Score every candidate on fresh probe batches, choose the best set under rho and train exactly it from now.
 
     Under DDP each rank probes its shard of the same global probe batches and the gradients are summed over the
-    ranks (weighted by label tokens) before scoring; rank 0's selection is then broadcast, so every rank trains the
+    ranks (weighted by label tokens) before scoring (under FSDP2 FSDP reduces them and the shards' scores are
+    summed); rank 0's selection is then broadcast, so every rank trains the
     same tensors by construction. With `importance_ema` the score is an exponential moving average over the
     selections' probes (a tensor trained for a while keeps part of the score its gradient had before it shrank).
     """
@@ -78,7 +79,8 @@ def reselect(s: RunState, epoch: int, step: int) -> SelectionRow:
     with flop_counter() as counter, s.precision.autocast():
         probed = tensor_importance(s.model, [b for b, _ in probes], s.optimizer, metric, profile=s.profile,
                                    seed=c.seed + s.selection_index, weights=[w for _, w in probes],
-                                   reduce=distributed.gradient_reduce(s.dist), rho=s.budget(step))
+                                   reduce=None if s.sharded else distributed.gradient_reduce(s.dist),
+                                   rho=s.budget(step))
     return _choose(s, probed, metric, epoch, step, started, counter.get_total_flops())
 
 
@@ -86,7 +88,7 @@ def select_in_step(s: RunState, batch: dict, share: float, epoch: int, index: in
                    step: int) -> tuple[SelectionRow, TrainRow]:
     """A re-selection scored by the step it precedes (`probe="step"`), with no probe passes: every tensor within the
     budget's reach requires grad for this step's backward, their gradients (under DDP already averaged over the
-    ranks) are scored, the selection is solved and applied, and the update moves the selected tensors only. What
+    ranks; under FSDP2 each rank's shard, whose scores are summed over the ranks) are scored, the selection is solved and applied, and the update moves the selected tensors only. What
     the selection costs is the part of this step's backward beyond what the selection alone would spend: inside the
     step's measured FLOPs, so the run's total is exact and its selection share shows the profiling pass only."""
     metric = s.scheme.importance_metric(s.config.metric)

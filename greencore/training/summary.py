@@ -29,7 +29,7 @@ def write_summary(s: RunState, status: str, step: int, **extra: Any) -> Summary:
             "peak_memory_bytes": s.memory.peak if s.memory is not None else None,
             "ddp_wraps": counters.ddp_wraps, "ddp_wrap_seconds": counters.ddp_wrap_seconds,
             "energy": s.energy.state_dict()["totals"], "energy_method": s.energy.method,
-            "grid_source": s.energy.grid["source"]}
+            "grid_source": s.energy.grid["source"], **_held_bytes(s)}
     ranks = distributed.all_gather_object(mine, s.dist)
     return distributed.on_main(lambda: _write(s, status, step, ranks, extra), s.dist)
 
@@ -78,12 +78,28 @@ def _write(s: RunState, status: str, step: int, ranks: list[dict], extra: dict) 
             "flops_full_per_rank": [r["flops_full"] for r in ranks],
             "wall_seconds_per_rank": [r["wall_seconds"] for r in ranks],
             "peak_memory_bytes_per_rank": [r["peak_memory_bytes"] for r in ranks],
-            "ddp": "re-wrapped when the trainable set changes (find_unused_parameters=False)",
+            "strategy": s.strategy,
+            "parameter_bytes_per_rank": [r["parameter_bytes"] for r in ranks],
+            "optimizer_bytes_per_rank": [r["optimizer_bytes"] for r in ranks],
+            "ddp": ("re-wrapped when the trainable set changes (find_unused_parameters=False)" if s.strategy == "ddp"
+                    else "not used: FSDP2 shards each block and the root; a re-selection changes requires_grad only"),
             "ddp_wraps": ranks[0]["ddp_wraps"],
             "ddp_wrap_seconds": max(r["ddp_wrap_seconds"] or 0.0 for r in ranks),
         }
     s.writer.write_summary(summary)
     return summary
+
+
+def _held_bytes(s: RunState) -> dict[str, int]:
+    """Bytes this rank holds in parameters and in optimizer state now (under FSDP2 its shards; a frozen tensor has
+    no optimizer state), counted from the tensors' own storage."""
+    def local(t: torch.Tensor) -> torch.Tensor:
+        return t.to_local() if hasattr(t, "to_local") else t
+
+    params = {id(p): p for p in s.model.parameters()}.values()
+    moments = [v for state in s.optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+    return {"parameter_bytes": sum(local(p).numel() * p.element_size() for p in params),
+            "optimizer_bytes": sum(local(v).numel() * v.element_size() for v in moments)}
 
 
 def _energy(ranks: list[dict], given_intensity: float | None) -> EnergyReport:
