@@ -333,8 +333,7 @@ class RunWriter:
         folder = self.root / "checkpoints"
         if not self.enabled:
             return folder / name
-        folder.mkdir(exist_ok=True)
-        tmp = staged or Path(tempfile.mkdtemp(dir=folder, prefix=f".{name}."))
+        tmp = staged or self.stage_checkpoint(name)
         try:
             save_file(_unshared(dict(weights)), str(tmp / "model.safetensors"))
             if optimizer_state is not None:

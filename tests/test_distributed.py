@@ -448,16 +448,19 @@ def _resume_run(out: Path) -> dict:
     return _follow(Run.resume(out / "cut"), seen)
 
 
-def _follow(run, seen: dict) -> dict:
-    """Run to the end, adding its losses and selections to `seen`, then its final weights and summary."""
+def _state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: t.detach().clone() for n, t in model.state_dict().items()}
+
+
+def _follow(run, seen: dict, weights=_state_dict) -> dict:
+    """Run to the end, adding its losses and selections to `seen`, then its final `weights(model)` and summary."""
     for event in run.events():
         if event["type"] == "train":
             seen["losses"].append(event["loss"])
         elif event["type"] == "selection":
             seen["masks"].append(event["mask"])
         elif event["type"] == "done":
-            seen["weights"] = {n: t.detach().clone() for n, t in run.state.model.state_dict().items()}
-            seen["summary"] = event["summary"]
+            seen["weights"], seen["summary"] = weights(run.state.model), event["summary"]
     return seen
 
 

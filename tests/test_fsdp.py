@@ -27,6 +27,7 @@ HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
 
 from test_distributed import CLASSIFY, ENGINE, OPTIONS, _cli_args, _free_port, _launch, _torchrun  # noqa: E402
+from test_distributed import _follow as follow  # noqa: E402
 
 FSDP = dict(ENGINE, strategy="fsdp", energy=False, epochs=2, max_steps=4)  # step 3 re-selects tensors step 2 froze
 
@@ -119,8 +120,8 @@ def test_sharded_ranks_hold_half_of_each_tensor_and_select_identically(launched)
     ea, eb = a["engine"], b["engine"]
     assert ea["masks"] == eb["masks"] and len(ea["masks"]) == FSDP["max_steps"]
     assert ea["losses"] == eb["losses"] and ea["trainable"] == eb["trainable"]
-    for name, shard in ea["final"].items():  # the ranks' shards are the two halves of each tensor (dim 0)
-        assert shard.shape[0] + eb["final"][name].shape[0] == ea["shapes"][name][0], name
+    for name, shard in ea["weights"].items():  # the ranks' shards are the two halves of each tensor (dim 0)
+        assert shard.shape[0] + eb["weights"][name].shape[0] == ea["shapes"][name][0], name
     s = json.loads((out / "run" / "summary.json").read_text())
     d = s["distributed"]
     assert d["strategy"] == "fsdp" and d["ddp_wraps"] == 0
@@ -137,8 +138,8 @@ def test_frozen_tensors_hold_no_gradient_no_optimizer_state_and_keep_their_shard
             assert graded == sorted(names), step  # before the update: a gradient exactly for the selected tensors
             assert set(stateful) <= set(names), step  # a frozen tensor's optimizer state was dropped
         never = set(seen["initial"]) - trained
-        assert never and all(torch.equal(seen["final"][n], seen["initial"][n]) for n in never)
-        assert all(not torch.equal(seen["final"][n], seen["initial"][n]) for n in trained)
+        assert never and all(torch.equal(seen["weights"][n], seen["initial"][n]) for n in never)
+        assert all(not torch.equal(seen["weights"][n], seen["initial"][n]) for n in trained)
 
 
 def test_a_re_selected_tensor_starts_clean_and_updates(launched):
@@ -196,7 +197,7 @@ def test_a_sharded_run_resumes_from_its_checkpoint_exactly(launched):
     for seen in ranks:
         cut, whole = seen["resume"], seen["engine"]
         assert cut["stopped_at"] == 1 and cut["losses"] == whole["losses"] and cut["masks"] == whole["masks"]
-        assert all(torch.equal(cut["final"][n], whole["final"][n]) for n in whole["final"])
+        assert all(torch.equal(cut["weights"][n], whole["weights"][n]) for n in whole["weights"])
     folder = checkpoints(out / "cut")[0]
     assert (folder / SHARDS / ".metadata").exists() and not (folder / "optimizer.safetensors").exists()
     assert json.loads((folder / "state.json").read_text())["sharded"] is True
@@ -268,7 +269,7 @@ def _watched_engine(out: Path) -> dict:
                 seen["adam_steps"].append({names[id(p)]: int(st["step"]) for p, st in s.optimizer.state.items()})
                 seen["after"].append(_local(s.model))
             elif event["type"] == "done":
-                seen["final"], seen["summary"] = _local(s.model), event["summary"]
+                seen["weights"], seen["summary"] = _local(s.model), event["summary"]
             yield event
 
     Run.events, step._update = watched, before_update
@@ -280,14 +281,7 @@ def _watched_engine(out: Path) -> dict:
 
 
 def _follow(run, seen: dict) -> dict:
-    for event in run.events():
-        if event["type"] == "train":
-            seen["losses"].append(event["loss"])
-        elif event["type"] == "selection":
-            seen["masks"].append(event["mask"])
-        elif event["type"] == "done":
-            seen["final"], seen["summary"] = _local(run.state.model), event["summary"]
-    return seen
+    return follow(run, seen, weights=_local)
 
 
 def _resumed(out: Path) -> dict:
