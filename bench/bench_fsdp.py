@@ -4,13 +4,22 @@ Usage:
     python bench/bench_fsdp.py            # smollm2, full and green:0.5, each under --strategy ddp and fsdp
     python bench/bench_fsdp.py --quick    # tiny-llama, the same four runs in seconds: a smoke test
 
-Each run is `greencore train` under `torchrun --nproc_per_node 2` (gloo, one thread per rank) on the same global
-batches, so the two strategies compute the same steps; the numbers come from the run summaries:
-- the bytes each rank holds in parameters and in optimizer state at the end, counted from the tensors' own storage
-  (under FSDP2 the rank's shards; a frozen tensor has no optimizer state);
-- the peak of each rank's resident set during the training loop above what it held when the loop began, sampled
-  every 50 ms (`summary.PeakMemory`): gradients, the gathered weights of the blocks being computed, activations and
-  the allocator's caching, as the operating system sees them;
+Each run is the engine's own `Run` under `torchrun --nproc_per_node 2` (gloo, one thread per rank) on the same global
+batches, so the two strategies compute the same steps (same validation loss); per rank it records:
+- the bytes held in parameters and in optimizer state at the end, counted from the tensors' own storage (the run
+  summary's; under FSDP2 the rank's shards; a frozen tensor has no optimizer state);
+- the step peak: the most tensor memory alive at once during the second training step (the optimizer's state
+  exists from the first): what the rank holds when the step starts (its parameters and optimizer state, counted from
+  the tensors) plus the highest point of the step's allocations minus its frees, in the order torch.profiler's
+  memory events (`profile_memory=True`) record them on every thread: the block weights FSDP gathers, gradients,
+  activations and communication buffers. A tensor made before the step and freed during it has no free event, so
+  the figure errs high, never low. (bench_memory.py's categorised timeline is not used: its data-flow analysis
+  fails now and then on the collectives' threads.) Resident-set readings are not used either: on a CPU they include
+  the allocator's freed-but-kept pages (the run summary's RSS growth for green:0.5 under ddp read 45 MiB, less than
+  its optimizer state);
+- the process's peak resident set from its start to the end of step 1 (`ru_maxrss`, read before the profiler
+  starts, whose own records would swell it), which includes the libraries, the set-up, the first selection and
+  loading the full model on every rank before it is sharded;
 - measured FLOPs per rank and wall time.
 Resumable: a finished run's folder (`<results>/fsdp_<model>/<scheme>-<strategy>/`, kept without checkpoints) is read
 back. Writes bench/results/fsdp_<model>.{json,md} (fsdp_quick.* with --quick).
@@ -19,8 +28,10 @@ back. Writes bench/results/fsdp_<model>.{json,md} (fsdp_quick.* with --quick).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -37,27 +48,63 @@ FULL = {"model": "smollm2", "max_train_examples": 48, "max_steps": 4, "batch_siz
         "max_target_tokens": 32, "max_eval_examples": 4}
 QUICK = {"model": "tiny-llama", "max_train_examples": 32, "max_steps": 2, "batch_size": 4, "max_source_tokens": 48,
          "max_target_tokens": 24, "max_eval_examples": 4}
+PROFILED_STEP = 2  # the step whose memory is profiled: the optimizer's state exists from step 1
 MIB = 2**20
 
 
-def run(settings: dict, scheme: str, strategy: str, out: Path) -> dict:
-    """One 2-rank run (or its recorded summary when it finished before)."""
-    summary = out / "summary.json"
-    if summary.exists() and json.loads(summary.read_text()).get("status") == "finished":
+def worker(settings: dict, scheme: str, strategy: str, out: Path) -> None:
+    """One rank of a run (under torchrun): train with the engine's loop, profile one step's tensor memory, and
+    write this rank's measurements to `out/memory.rank<r>.json`."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    from greencore.training import Run, TrainConfig
+    from greencore.training.summary import held_bytes
+
+    config = TrainConfig(**settings, scheme=scheme, strategy=strategy, eval_rouge=False, energy=False, device="cpu",
+                         keep_checkpoints=1)
+    run = Run(config, out)
+    profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    for event in run.events():  # each train event is yielded after its step; the next step runs on the next pull
+        if event.get("type") == "train" and event["step"] == PROFILED_STEP - 1:
+            max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # before the profiler's own use
+            held = sum(held_bytes(run.state).values())
+            profiler.__enter__()
+        elif event.get("type") == "train" and event["step"] == PROFILED_STEP:
+            profiler.__exit__(None, None, None)
+    changes = sorted((e.start_ns(), e.nbytes()) for e in profiler.profiler.kineto_results.events()
+                     if e.name() == "[memory]" and e.device_type() == DeviceType.CPU)
+    growth = max(itertools.accumulate((n for _, n in changes), initial=0))
+    measured = {"held_at_step_start_bytes": held, "step_growth_bytes": growth, "step_peak_bytes": held + growth,
+                "max_rss_bytes": max_rss}
+    (out / f"memory.rank{run.dist.rank}.json").write_text(json.dumps(measured))
+
+
+def run(settings: dict, scheme: str, strategy: str, out: Path, quick: bool) -> dict:
+    """One 2-rank run, or its record when it finished before: the summary plus each rank's memory."""
+    def read() -> dict | None:
+        summary = out / "summary.json"
+        ranks = [out / f"memory.rank{r}.json" for r in range(2)]
+        if not summary.exists() or not all(p.exists() for p in ranks):
+            return None
+        recorded = json.loads(summary.read_text())
+        if recorded.get("status") != "finished":
+            return None
+        return {**recorded, "memory_per_rank": [json.loads(p.read_text()) for p in ranks]}
+
+    if (done := read()) is not None:
         print(f"  {out.name}: finished earlier, read back", flush=True)
-        return json.loads(summary.read_text())
+        return done
     shutil.rmtree(out, ignore_errors=True)
-    args = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-           "greencore.cli", "train", "--out", str(out), "--scheme", scheme, "--strategy", strategy, "--no-rouge",
-           "--no-energy", "--device", "cpu", "--keep-checkpoints", "1", *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__,
+           "--worker", scheme, strategy, str(out), *(["--quick"] if quick else [])]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     print(f"  {out.name}: running", flush=True)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{out.name} failed:\n{proc.stderr[-4000:]}")
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # records are kept, weights are not committed
-    return json.loads(summary.read_text())
+    return read()
 
 
 def row(scheme: str, strategy: str, s: dict) -> dict:
@@ -65,45 +112,64 @@ def row(scheme: str, strategy: str, s: dict) -> dict:
     return {"scheme": scheme, "strategy": strategy, "steps": s["steps"],
             "parameter_mib_per_rank": [b / MIB for b in d["parameter_bytes_per_rank"]],
             "optimizer_mib_per_rank": [b / MIB for b in d["optimizer_bytes_per_rank"]],
-            "peak_rss_growth_mib_per_rank": [None if b is None else b / MIB for b in d["peak_memory_bytes_per_rank"]],
+            "step_peak_mib_per_rank": [m["step_peak_bytes"] / MIB for m in s["memory_per_rank"]],
+            "max_rss_mib_per_rank": [m["max_rss_bytes"] / MIB for m in s["memory_per_rank"]],
+            "rss_growth_mib_per_rank": [None if b is None else b / MIB for b in d["peak_memory_bytes_per_rank"]],
             "flops_per_rank": s["flops_per_rank"], "flops_ratio": s["flops_ratio"], "val_loss": s["val_loss"],
             "wall_seconds": s["wall_seconds"], "trainable_params": s["trainable_params"]}
 
 
 def _mib(values: list) -> str:
-    return " / ".join("-" if v is None else f"{v:,.0f}" for v in values)
+    return " / ".join(f"{v:,.0f}" for v in values)
 
 
-def main() -> int:
+def report(settings: dict, rows: list[dict]) -> str:
+    """The Markdown table and, per scheme, fsdp's share of ddp's memory on rank 0."""
+    table = markdown_table(
+        ["scheme", "strategy", "parameters (MiB)", "optimizer state (MiB)", "step peak, all tensors (MiB)",
+         "process peak RSS to step 1 (MiB)", "FLOPs ratio to full", "val loss", "wall time"],
+        [[r["scheme"], r["strategy"], _mib(r["parameter_mib_per_rank"]), _mib(r["optimizer_mib_per_rank"]),
+          _mib(r["step_peak_mib_per_rank"]), _mib(r["max_rss_mib_per_rank"]), f"{r['flops_ratio']:.3f}",
+          f"{r['val_loss']:.4f}", f"{r['wall_seconds']:.0f} s"] for r in rows])
+    by = {(r["scheme"], r["strategy"]): r for r in rows}
+
+    def share(scheme: str, *keys: str) -> str:
+        fsdp, ddp = (sum(by[(scheme, strategy)][k][0] for k in keys) for strategy in STRATEGIES[::-1])
+        return f"{fsdp:,.0f} MiB against {ddp:,.0f} MiB ({fsdp / ddp:.2f}x)"
+
+    notes = [f"- {scheme}, rank 0 under fsdp against ddp: parameters and optimizer state "
+             f"{share(scheme, 'parameter_mib_per_rank', 'optimizer_mib_per_rank')}; step peak "
+             f"{share(scheme, 'step_peak_mib_per_rank')}" for scheme in SCHEMES]
+    return "\n".join([
+        f"2 ranks (torchrun, gloo, 1 thread each) on {settings['model']}: {settings['max_steps']} steps of global "
+        f"batch {settings['batch_size']} from the same data under each strategy; each cell gives rank 0 / rank 1. "
+        "Parameters and optimizer state: the tensors each rank holds at the end. Step peak: the most tensor memory "
+        f"alive at once during step {PROFILED_STEP}: the parameters and optimizer state held at its start plus the peak of "
+        "its allocations less its frees (torch.profiler's memory events: gathered block weights, gradients, "
+        "activations, buffers). Process peak RSS: the resident set at its "
+        "highest from the start through step 1 (ru_maxrss; loading, set-up and the first selection included). The FLOPs ratio counts the selection's probes, which a "
+        f"{settings['max_steps']}-step run cannot repay.", "", table, "", *notes])
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny-llama, 2 steps per run")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    args = parser.parse_args()
+    parser.add_argument("--worker", nargs=3, metavar=("SCHEME", "STRATEGY", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
+    if args.worker:
+        scheme, strategy, out = args.worker
+        worker(settings, scheme, strategy, Path(out))
+        return 0
     name = "fsdp_quick" if args.quick else f"fsdp_{settings['model']}"
     work = args.results_dir / name
-    rows = []
-    for scheme in SCHEMES:
-        for strategy in STRATEGIES:
-            summary = run(settings, scheme, strategy, work / f"{scheme.replace(':', '-')}-{strategy}")
-            rows.append(row(scheme, strategy, summary))
-    by = {(r["scheme"], r["strategy"]): r for r in rows}
-    table = markdown_table(
-        ["scheme", "strategy", "parameters per rank (MiB)", "optimizer state per rank (MiB)",
-         "peak RSS growth while training, per rank (MiB)", "FLOPs ratio to full", "val loss", "wall time"],
-        [[r["scheme"], r["strategy"], _mib(r["parameter_mib_per_rank"]), _mib(r["optimizer_mib_per_rank"]),
-          _mib(r["peak_rss_growth_mib_per_rank"]), f"{r['flops_ratio']:.3f}", f"{r['val_loss']:.4f}",
-          f"{r['wall_seconds']:.0f} s"] for r in rows])
-    held = {key: r["parameter_mib_per_rank"][0] + r["optimizer_mib_per_rank"][0] for key, r in by.items()}
-    notes = [f"- {scheme}: rank 0 holds {held[(scheme, 'fsdp')]:,.0f} MiB of parameters and optimizer state under "
-             f"fsdp against {held[(scheme, 'ddp')]:,.0f} MiB under ddp "
-             f"({held[(scheme, 'fsdp')] / held[(scheme, 'ddp')]:.2f}x)" for scheme in SCHEMES]
-    md = "\n".join([
-        f"2 ranks (torchrun, gloo, 1 thread each) on {settings['model']}: {settings['max_steps']} steps of global "
-        f"batch {settings['batch_size']} from the same data under each strategy. Parameters and optimizer state are "
-        "counted from the tensors each rank holds at the end; the peak RSS growth is the resident set's rise during "
-        "the training loop (sampled every 50 ms), which includes allocator caching.", "", table, "", *notes])
-    write_results(name, {"settings": settings, "rows": rows}, md, command_line(), args.results_dir)
+    rows = [row(scheme, strategy, run(settings, scheme, strategy, work / f"{scheme.replace(':', '-')}-{strategy}",
+                                      args.quick))
+            for scheme in SCHEMES for strategy in STRATEGIES]
+    md = report(settings, rows)
+    write_results(name, {"settings": settings, "profiled_step": PROFILED_STEP, "rows": rows}, md, command_line(),
+                  args.results_dir)
     print(md)
     return 0
 

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PretrainedConfig, PreTrainedModel
 
 from .data import IGNORE_INDEX
 
-__all__ = ["ARCHITECTURES", "Architecture", "load_config", "meta_batch", "meta_model", "meta_twin"]
+__all__ = ["ARCHITECTURES", "Architecture", "load_config", "meta_batch", "meta_model", "meta_twin", "twin_batch"]
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,12 @@ def meta_twin(model: PreTrainedModel) -> PreTrainedModel:
     with torch.device("meta"):
         twin = type(model)._from_config(model.config, attn_implementation=model.config._attn_implementation)
     return twin.train()
+
+
+def twin_batch(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A real model's batch for its `meta_twin`: the same small id, mask and label tensors, on the CPU (as
+    `meta_batch` makes them), so that only the model's own tensors are on the meta device."""
+    return {k: v.cpu() for k, v in batch.items()}
 
 
 def meta_batch(model: PreTrainedModel, batch_size: int, seq_len: int, *, scored: int | None = None,

@@ -240,3 +240,34 @@ def test_gpu_check_runs_and_reports_on_the_cpu(monkeypatch, tmp_path):
     assert half["time_ratio"] == half["median_step_seconds"] / full["median_step_seconds"]
     md = gpu_check.table(rows, None, "cpu")
     assert md.count("\n| green:") == 2 and "batch 4 x 64 tokens" in md
+
+
+@pytest.mark.slow  # four 2-rank launches, about 100 s
+def test_fsdp_bench_holds_half_per_rank_and_trains_the_same(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_fsdp.py"), "--quick", "--results-dir",
+                           str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = load(tmp_path, "fsdp_quick")
+    rows = {(r["scheme"], r["strategy"]): r for r in data["rows"]}
+    assert set(rows) == {(s, t) for s in ("full", "green:0.5") for t in ("ddp", "fsdp")}
+    mib = 2**20
+    weights = rows[("full", "ddp")]["trainable_params"] * 4  # fp32; full fine-tuning trains every unique tensor
+    for scheme in ("full", "green:0.5"):
+        ddp, fsdp = rows[(scheme, "ddp")], rows[(scheme, "fsdp")]
+        assert all(round(b * mib) == weights for b in ddp["parameter_mib_per_rank"])
+        assert round(sum(fsdp["parameter_mib_per_rank"]) * mib) == weights  # each rank holds its half, no more
+        # two AdamW moments per trained parameter (plus a 4-byte step count per tensor, kept whole on every rank)
+        moments = 2 * 4 * ddp["trainable_params"]
+        assert 0 <= ddp["optimizer_mib_per_rank"][0] * mib - moments < 4096
+        assert 0 <= sum(fsdp["optimizer_mib_per_rank"]) * mib - moments < 2 * 4096
+        # the same steps: the loss within float rounding, the measured FLOPs exactly
+        assert fsdp["val_loss"] == pytest.approx(ddp["val_loss"], rel=1e-5)
+        assert fsdp["flops_per_rank"] == ddp["flops_per_rank"]
+        for r in (ddp, fsdp):
+            held = [p + o for p, o in zip(r["parameter_mib_per_rank"], r["optimizer_mib_per_rank"])]
+            assert all(peak > h for peak, h in zip(r["step_peak_mib_per_rank"], held))
+        assert max(fsdp["step_peak_mib_per_rank"]) < min(ddp["step_peak_mib_per_rank"])
+    again = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_fsdp.py"), "--quick", "--results-dir",
+                            str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("finished earlier, read back") == 4
+    assert load(tmp_path, "fsdp_quick")["rows"] == data["rows"]

@@ -178,12 +178,15 @@ def test_sharded_run_matches_a_single_process_run(launched, tmp_path):
 
 
 def test_sharded_run_matches_ddp_flops_exactly(launched):
-    """The same run on the same 2 ranks under DDP: the same shards of the batches, so the same measured FLOPs."""
+    """The same run on the same 2 ranks under DDP: the same shards of the batches, so the same profile and measured
+    FLOPs."""
     out, (a, _) = launched
     sharded = json.loads((out / "run" / "summary.json").read_text())
     ddp = json.loads((out / "ddp" / "summary.json").read_text())
     for key in ("flops_training", "flops_selection", "flops_full_equivalent"):
         assert sharded[key] == ddp[key], key
+    # profiled on the model's weightless twin under fsdp, on the model itself under ddp: the same profile
+    assert (out / "run" / "profile.json").read_text() == (out / "ddp" / "profile.json").read_text()
     # a DDP rank holds every moment; the sharded ranks split them, only AdamW's step counters (a float32 scalar per
     # trained tensor) are on both
     replica, shards = ddp["distributed"]["optimizer_bytes_per_rank"][0], sharded["distributed"]["optimizer_bytes_per_rank"]

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 
 from ..flops import flop_counter, measure_training_flops, scored_positions
+from ..meta import twin_batch
 
 __all__ = ["Counters", "FlopsAccount", "cost_key"]
 
@@ -111,8 +112,7 @@ class FlopsAccount:
         """Add what a full fine-tuning step on `batch` costs, measured once per cost key."""
         if key not in self.full:
             if self.twin is not None:  # a sharded model's passes are collectives: measure on its weightless twin
-                self.full[key] = measure_training_flops(self.twin, {k: v.cpu() for k, v in batch.items()},
-                                                        candidates)["total"]
+                self.full[key] = measure_training_flops(self.twin, twin_batch(batch), candidates)["total"]
             else:
                 with _adapters_disabled(model):
                     self.full[key] = measure_training_flops(model, batch, candidates)["total"]

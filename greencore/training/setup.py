@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import torch
 
 from ..data import collate, pad_batch, scored_targets
-from ..meta import meta_twin
+from ..meta import meta_twin, twin_batch
 from ..models import check_batch_shape, classifier_head, load_model, set_attention
 from ..profile import TensorProfile, profile_model
 from ..records import RunWriter
@@ -162,8 +162,18 @@ def setup(config: TrainConfig, dist: distributed.DistInfo, writer: RunWriter) ->
     data = load_data(config, tokenizer, bool(model.config.is_encoder_decoder), dist, device, splits=splits)
     model.train()
     probe = data.profiling_batch(model)
+    twin = None
+    if strategy == "fsdp":
+        if model.config.is_encoder_decoder:
+            raise ValueError(f"--strategy fsdp: {config.model} is an encoder-decoder model, which the sharded engine "
+                             "does not run yet (its full fine-tuning FLOPs cannot be measured on a weightless "
+                             "twin); use --strategy ddp")
+        # profiled, and later measured, on a weightless twin: tracing the real model would hold a whole-model
+        # activation graph on every rank before it is sharded
+        twin = meta_twin(model)
     with precision.autocast():  # the kernels a step runs (fused attention's may depend on the dtype)
-        base = profile_model(model, probe, split_tied=config.split_tied)
+        base = (profile_model(model, probe, split_tied=config.split_tied) if twin is None
+                else profile_model(twin, twin_batch(probe), split_tied=config.split_tied))
     candidates = list(base.names)
     profile = base
     head = classifier_head(model)
@@ -187,11 +197,7 @@ def setup(config: TrainConfig, dist: distributed.DistInfo, writer: RunWriter) ->
         raise ValueError(f"{scheme.label} trains no tensor of {config.model}: choose another scheme")
     distributed.broadcast_module(model, dist)  # every rank starts from rank 0's weights
     if strategy == "fsdp":
-        if model.config.is_encoder_decoder:
-            raise ValueError(f"--strategy fsdp: {config.model} is an encoder-decoder model, which the sharded engine "
-                             "does not run yet (its full fine-tuning FLOPs cannot be measured on a weightless "
-                             "twin); use --strategy ddp")
-        account.twin = meta_twin(model)
+        account.twin = twin
         distributed.shard_model(model)
     params = parameters_by_name(model)  # a split profile names a tied weight twice: the optimizer holds it once
     optimizer = torch.optim.AdamW(list({id(params[n]): params[n] for n in profile.names}.values()), lr=config.lr,

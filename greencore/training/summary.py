@@ -17,7 +17,7 @@ from ..records import EnergyReport, Summary, read_jsonl
 from . import distributed
 from .setup import RunState
 
-__all__ = ["PeakMemory", "write_summary"]
+__all__ = ["PeakMemory", "held_bytes", "write_summary"]
 
 
 def write_summary(s: RunState, status: str, step: int, **extra: Any) -> Summary:
@@ -29,7 +29,7 @@ def write_summary(s: RunState, status: str, step: int, **extra: Any) -> Summary:
             "peak_memory_bytes": s.memory.peak if s.memory is not None else None,
             "ddp_wraps": counters.ddp_wraps, "ddp_wrap_seconds": counters.ddp_wrap_seconds,
             "energy": s.energy.state_dict()["totals"], "energy_method": s.energy.method,
-            "grid_source": s.energy.grid["source"], **_held_bytes(s)}
+            "grid_source": s.energy.grid["source"], **held_bytes(s)}
     ranks = distributed.all_gather_object(mine, s.dist)
     return distributed.on_main(lambda: _write(s, status, step, ranks, extra), s.dist)
 
@@ -90,7 +90,7 @@ def _write(s: RunState, status: str, step: int, ranks: list[dict], extra: dict) 
     return summary
 
 
-def _held_bytes(s: RunState) -> dict[str, int]:
+def held_bytes(s: RunState) -> dict[str, int]:
     """Bytes this rank holds in parameters and in optimizer state now (under FSDP2 its shards; a frozen tensor has
     no optimizer state), counted from the tensors' own storage."""
     def local(t: torch.Tensor) -> torch.Tensor:
