@@ -12,8 +12,9 @@ batches, so the two strategies compute the same steps (same validation loss); pe
   exists from the first): what the rank holds when the step starts (its parameters and optimizer state, counted from
   the tensors) plus the highest point of the step's allocations minus its frees, in the order torch.profiler's
   memory events (`profile_memory=True`) record them on every thread: the block weights FSDP gathers, gradients,
-  activations and communication buffers. A tensor made before the step and freed during it has no free event, so
-  the figure errs high, never low. (bench_memory.py's categorised timeline is not used: its data-flow analysis
+  activations and communication buffers. A tensor made before the step and freed during it has no free event
+  (the figure errs high there); what a rank holds at the start besides its parameters and optimizer state (the
+  model's small buffers, a batch) is left out (it errs low there). (bench_memory.py's categorised timeline is not used: its data-flow analysis
   fails now and then on the collectives' threads.) Resident-set readings are not used either: on a CPU they include
   the allocator's freed-but-kept pages (the run summary's RSS growth for green:0.5 under ddp read 45 MiB, less than
   its optimizer state);

@@ -242,7 +242,7 @@ def test_gpu_check_runs_and_reports_on_the_cpu(monkeypatch, tmp_path):
     assert md.count("\n| green:") == 2 and "batch 4 x 64 tokens" in md
 
 
-@pytest.mark.slow  # four 2-rank launches, about 100 s
+@pytest.mark.slow  # four 2-rank launches and a read-back, about a minute
 def test_fsdp_bench_holds_half_per_rank_and_trains_the_same(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_fsdp.py"), "--quick", "--results-dir",
                            str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900)
