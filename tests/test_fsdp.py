@@ -59,6 +59,34 @@ def test_a_strategy_that_contradicts_the_launch_is_refused(monkeypatch):
         distributed.resolve_strategy("auto", two)
 
 
+def test_auto_picking_fsdp_refuses_what_fsdp_refuses_and_runs_eager_attention(tmp_path, monkeypatch):
+    """Under an accelerate FSDP launch `--strategy auto` becomes fsdp in set-up, after the config was checked as auto:
+    the fsdp refusals apply there, before the model loads, and auto attention runs eager (the twin's kernels)."""
+    from greencore.records import RunWriter
+    from greencore.training import TrainConfig
+    from greencore.training import setup as setup_module
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    two, writer = distributed.DistInfo(rank=0, world_size=2), RunWriter(tmp_path, enabled=False)
+    base = {k: v for k, v in FSDP.items() if k != "strategy"} | {"device": "cpu", "energy": False}
+    with monkeypatch.context() as m:
+        m.setattr(setup_module, "load_model", lambda *a, **k: pytest.fail("loaded before refusing"))
+        for setting, message in (({"split_tied": True}, "--split-tied True"), ({"attention": "sdpa"}, "sdpa's mask")):
+            with pytest.raises(ValueError, match=f"--strategy auto picked fsdp.*{message}"):
+                setup_module.setup(TrainConfig(**base, **setting), two, writer)
+    asked = []
+
+    def record(model, attention, device):
+        asked.append(attention)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(setup_module, "set_attention", record)
+    with pytest.raises(RuntimeError, match="stop here"):
+        setup_module.setup(TrainConfig(**base), two, writer)
+    assert asked == ["eager"]
+
+
 def test_the_cli_refuses_fsdp_in_a_lone_process_with_one_line(tmp_path, capsys, monkeypatch):
     from greencore import cli
 
@@ -74,6 +102,7 @@ def test_the_cli_refuses_fsdp_in_a_lone_process_with_one_line(tmp_path, capsys, 
     ({"precision": "fp16"}, "fp16's loss scaling is not sharded"),
     ({"gradient_checkpointing": True}, "--gradient-checkpointing True"),
     ({"scheme": "lora"}, "adapters are not sharded yet"),
+    ({"attention": "sdpa"}, "sdpa's mask code cannot run"),
     ({"strategy": "zero3"}, "one of auto, ddp, fsdp"),
 ])
 def test_what_the_sharded_engine_does_not_run_is_refused_up_front(setting, message):

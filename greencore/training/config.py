@@ -96,7 +96,8 @@ class TrainConfig:
     precision: str = _setting("auto", "fp32, bf16 or fp16 (autocast with fp32 master weights; fp16 with loss scaling); "
                               "auto: bf16 on a CUDA device that supports it, else fp32", choices=PRECISIONS)
     attention: str = _setting("auto", "attention kernels: eager, or sdpa (fused; its backward recomputes the scores, "
-                              "counted); auto: sdpa on CUDA, eager on a CPU", choices=ATTENTIONS)
+                              "counted); auto: sdpa on CUDA, eager on a CPU and under --strategy fsdp",
+                              choices=ATTENTIONS)
     strategy: str = _setting("auto", "how the ranks of a distributed launch hold the model: ddp (every rank a whole "
                              "copy), fsdp (FSDP2: each transformer block's tensors, gradients and optimizer state "
                              "sharded over the ranks); auto: fsdp under an accelerate launch configured for FSDP, "
@@ -166,6 +167,9 @@ class TrainConfig:
                         "scaling is not sharded)"),
                        ("gradient_checkpointing", not self.gradient_checkpointing, "off with --strategy fsdp (not "
                         "supported there yet)"),
+                       ("attention", self.attention != "sdpa", "eager or auto with --strategy fsdp (full fine-tuning's "
+                        "FLOPs are measured on a weightless twin of the model, where sdpa's mask code cannot run; "
+                        "auto runs eager there)"),
                        ("scheme", not spec.uses_peft, "a scheme that trains the model's own tensors with --strategy "
                         "fsdp (full, green, random, bitfit, layernorm, top-k; adapters are not sharded yet)")]
         for name, ok, expected in checks:

@@ -10,6 +10,7 @@ FSDP2 the model is sharded (`distributed.shard_model`) before the optimizer is b
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -153,10 +154,15 @@ def setup(config: TrainConfig, dist: distributed.DistInfo, writer: RunWriter) ->
     """Load the model and data, let the scheme wrap the model, profile it, and build the optimizer and schedule."""
     scheme, task = config.spec, config.task_spec
     strategy = distributed.resolve_strategy(config.strategy, dist)
+    if strategy == "fsdp" and config.strategy == "auto":  # what the sharded engine does not run is refused here too
+        try:
+            dataclasses.replace(config, strategy="fsdp")
+        except ValueError as err:
+            raise ValueError(f"--strategy auto picked fsdp (accelerate launch is configured for FSDP): {err}") from None
     device = distributed.resolve_device(config.device, dist)
     splits = task.load_splits(config)
     model, tokenizer = load_model(config.model, seed=config.seed, device=device, num_labels=task.num_labels(splits))
-    attention = set_attention(model, config.attention, device)
+    attention = set_attention(model, "eager" if strategy == "fsdp" else config.attention, device)  # see TrainConfig
     precision = Precision(config.precision, device)
     check_batch_shape(model, config.batch_size, task.longest(config, bool(model.config.is_encoder_decoder)))
     data = load_data(config, tokenizer, bool(model.config.is_encoder_decoder), dist, device, splits=splits)
