@@ -177,9 +177,9 @@ def setup(config: TrainConfig, dist: distributed.DistInfo, writer: RunWriter) ->
         # profiled, and later measured, on a weightless twin: tracing the real model would hold a whole-model
         # activation graph on every rank before it is sharded
         twin = meta_twin(model)
+    traced, traced_batch = (model, probe) if twin is None else (twin, twin_batch(probe))
     with precision.autocast():  # the kernels a step runs (fused attention's may depend on the dtype)
-        base = (profile_model(model, probe, split_tied=config.split_tied) if twin is None
-                else profile_model(twin, twin_batch(probe), split_tied=config.split_tied))
+        base = profile_model(traced, traced_batch, split_tied=config.split_tied)
     candidates = list(base.names)
     profile = base
     head = classifier_head(model)
