@@ -125,7 +125,8 @@ def _mib(values: list) -> str:
 
 
 def report(settings: dict, rows: list[dict]) -> str:
-    """The Markdown table and, per scheme, fsdp's share of ddp's memory on rank 0."""
+    """The Markdown table and the comparisons quoted in the READMEs: fsdp against ddp per scheme on rank 0 (held
+    memory, step peak, wall time), green under fsdp against full under ddp, and how far rank 1 is from rank 0."""
     table = markdown_table(
         ["scheme", "strategy", "parameters (MiB)", "optimizer state (MiB)", "step peak, all tensors (MiB)",
          "process peak RSS to step 1 (MiB)", "FLOPs ratio to full", "val loss", "wall time"],
@@ -134,13 +135,25 @@ def report(settings: dict, rows: list[dict]) -> str:
           f"{r['val_loss']:.4f}", f"{r['wall_seconds']:.0f} s"] for r in rows])
     by = {(r["scheme"], r["strategy"]): r for r in rows}
 
-    def share(scheme: str, *keys: str) -> str:
-        fsdp, ddp = (sum(by[(scheme, strategy)][k][0] for k in keys) for strategy in STRATEGIES[::-1])
-        return f"{fsdp:,.0f} MiB against {ddp:,.0f} MiB ({fsdp / ddp:.2f}x)"
+    def against(value: float, reference: float, unit: str) -> str:
+        return f"{value:,.0f} against {reference:,.0f} {unit} ({value / reference:.2f}x)"
 
-    notes = [f"- {scheme}, rank 0 under fsdp against ddp: parameters and optimizer state "
-             f"{share(scheme, 'parameter_mib_per_rank', 'optimizer_mib_per_rank')}; step peak "
-             f"{share(scheme, 'step_peak_mib_per_rank')}" for scheme in SCHEMES]
+    def rank0(r: dict, *keys: str) -> float:
+        return sum(r[k][0] for k in keys)
+
+    held, peak = ("parameter_mib_per_rank", "optimizer_mib_per_rank"), "step_peak_mib_per_rank"
+    notes = []
+    for scheme in SCHEMES:
+        ddp, fsdp = by[(scheme, "ddp")], by[(scheme, "fsdp")]
+        notes.append(f"- {scheme}, rank 0 under fsdp against ddp: parameters and optimizer state "
+                     f"{against(rank0(fsdp, *held), rank0(ddp, *held), 'MiB')}; step peak "
+                     f"{against(rank0(fsdp, peak), rank0(ddp, peak), 'MiB')}"
+                     f"; wall time {against(fsdp['wall_seconds'], ddp['wall_seconds'], 's')}")
+    green, full = by[(SCHEMES[1], "fsdp")], by[(SCHEMES[0], "ddp")]
+    notes.append(f"- {SCHEMES[1]} under fsdp against {SCHEMES[0]} under ddp, rank 0's step peak: "
+                 f"{against(rank0(green, peak), rank0(full, peak), 'MiB')}")
+    spread = max(abs(r[k][1] / r[k][0] - 1) for r in rows for k in (peak, "max_rss_mib_per_rank"))
+    notes.append(f"- rank 1 differs from rank 0 by at most {spread:.1%} in step peak and process peak RSS")
     return "\n".join([
         f"2 ranks (torchrun, gloo, 1 thread each) on {settings['model']}: {settings['max_steps']} steps of global "
         f"batch {settings['batch_size']} from the same data under each strategy; each cell gives rank 0 / rank 1. "
